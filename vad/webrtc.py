@@ -1,0 +1,52 @@
+"""The WebRTC VAD classifier (the only webrtcvad import), with an energy gate for faint noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+from vad.base import SAMPLE_RATE_HZ, VadConfigError, check_frame
+from vad.framing import frame_dbfs
+
+WEBRTC_FRAME_MS = (10, 20, 30)
+
+
+class WebRtcClassifier:
+    """WebRTC's GMM voice detector on 10/20/30 ms frames of 16 kHz float32 audio.
+
+    Frames quieter than `energy_gate_dbfs` are called non-speech whatever webrtcvad says
+    (it can call faint hum or hiss speech).
+    `aggressiveness` 0 (keeps the most speech) to 3 (rejects the most noise).
+    """
+
+    def __init__(
+        self,
+        *,
+        aggressiveness: int = 3,
+        frame_ms: int = 30,
+        energy_gate_dbfs: float = -60.0,
+    ) -> None:
+        if aggressiveness not in (0, 1, 2, 3):
+            raise VadConfigError(
+                f"webrtc aggressiveness must be 0, 1, 2 or 3, got {aggressiveness}"
+            )
+        if frame_ms not in WEBRTC_FRAME_MS:
+            raise VadConfigError(f"webrtc frame_ms must be 10, 20 or 30, got {frame_ms}")
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._frame_ms = frame_ms
+        self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
+        self.aggressiveness = aggressiveness
+        self.energy_gate_dbfs = energy_gate_dbfs
+
+    @property
+    def frame_ms(self) -> int:
+        return self._frame_ms
+
+    def is_speech(self, frame: npt.NDArray[np.float32]) -> bool:
+        check_frame(frame, self._frame_samples)
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        # webrtcvad adapts its noise model on every frame it sees, so it sees them all,
+        # gated or not: skipping quiet frames would skew that model.
+        voiced = bool(self._vad.is_speech(pcm, SAMPLE_RATE_HZ))
+        return voiced and frame_dbfs(frame) >= self.energy_gate_dbfs
