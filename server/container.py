@@ -1,0 +1,543 @@
+"""Incremental decoding of containerized audio (WebM, Ogg, WAV, MP3, FLAC, MP4) to 16 kHz mono.
+
+A client that omits ``encoding`` (a browser's MediaRecorder, a file uploader) sends a
+container byte stream cut into arbitrary pieces. :class:`ContainerDecoder` takes the pieces
+with ``feed()`` and returns, at once, the audio they completed, as float32 mono samples at
+16 kHz, so captions follow the speech live; ``finish()`` returns the rest at end of stream.
+
+How: FFmpeg's demuxers (through PyAV) *pull* bytes from a reader that blocks until data
+comes. Each decoder owns one worker thread that runs PyAV over a pipe, in lock-step with
+the caller: ``feed()`` puts its bytes into the pipe and returns once the worker has taken
+all of them and waits for more (or has stopped). The caller sees no concurrency, the output
+does not depend on how the stream was split, and every byte is parsed once, so an hour-long
+session costs no more per second than a short one.
+
+The container is recognised from its first bytes before FFmpeg sees them, so random bytes
+(or raw PCM sent without ``encoding=linear16``) are refused after a few bytes instead of
+after megabytes of format probing, and FFmpeg never guesses a format for noise.
+
+Exceptions (the whole tree):
+    ContainerDecodeError   the bytes are not audio in a supported container, the stream
+                           broke, or ``max_buffered_bytes`` passed without decodable audio
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import NoReturn
+
+import av
+import av.error
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+Samples = npt.NDArray[np.float32]
+
+SAMPLE_RATE_HZ = 16_000
+
+SUPPORTED_HELP = (
+    "could not decode the audio as a container (WAV, Ogg/Opus, WebM/Opus, MP3, FLAC); "
+    "send linear16 with encoding=linear16&sample_rate=... or a supported container"
+)
+
+_EMPTY: Samples = np.zeros(0, dtype=np.float32)
+
+# Bytes FFmpeg may ask for in one read; also the most a read hands over.
+_READ_BUFFER_BYTES = 32 * 1024
+# Demuxer errors in a row (with no packet between them) before the stream counts as broken.
+_MAX_DEMUX_ERRORS_IN_A_ROW = 8
+# Undecodable packets in a row before the stream counts as broken.
+_MAX_DECODE_ERRORS_IN_A_ROW = 50
+# Bytes needed to tell WebM from Matroska by the EBML DocType.
+_EBML_HEAD_BYTES = 64
+
+
+class ContainerDecodeError(Exception):
+    """The stream is not decodable audio in a supported container.
+
+    ``samples`` holds audio decoded in the same call before the failure (often empty), so a
+    caller may still use it before closing the stream.
+    """
+
+    def __init__(self, message: str, *, samples: Samples = _EMPTY) -> None:
+        super().__init__(message)
+        self.samples = samples
+
+
+@dataclass(frozen=True)
+class ContainerFormat:
+    """A recognised container: FFmpeg's demuxer name and the name people know it by."""
+
+    demuxer: str
+    name: str
+
+
+# --------------------------------------------------------------------------- sniffing
+
+_MPEG_RATES_HZ = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_MPEG_KBPS = {
+    (3, 3): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (3, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (3, 1): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (2, 3): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (2, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (2, 1): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+
+
+def _mpeg_frame(header: bytes) -> tuple[int, tuple[int, int, int]] | None:
+    """Length and (version, layer, rate index) of an MPEG audio frame header, None if invalid."""
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version = (header[1] >> 3) & 3  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5, 1: reserved
+    layer = (header[1] >> 1) & 3  # 3: I, 2: II, 1: III, 0: reserved
+    bitrate_index = header[2] >> 4
+    rate_index = (header[2] >> 2) & 3
+    padding = (header[2] >> 1) & 1
+    if version == 1 or layer == 0 or bitrate_index in (0, 15) or rate_index == 3:
+        return None
+    bitrate_bps = _MPEG_KBPS[(3 if version == 3 else 2, layer)][bitrate_index] * 1000
+    rate_hz = _MPEG_RATES_HZ[version][rate_index]
+    if layer == 3:
+        length = (12 * bitrate_bps // rate_hz + padding) * 4
+    elif layer == 1 and version != 3:
+        length = 72 * bitrate_bps // rate_hz + padding
+    else:
+        length = 144 * bitrate_bps // rate_hz + padding
+    return length, (version, layer, rate_index)
+
+
+def detect_container(head: bytes, *, final: bool = False) -> ContainerFormat | None:
+    """Recognise the container from the first bytes of a stream.
+
+    Returns None while more bytes are needed to decide (``final`` says no more will come);
+    raises ContainerDecodeError for bytes that start no supported container.
+    """
+    fmt = _detect(head, final=final)
+    if fmt is None and final and head:
+        raise ContainerDecodeError(
+            f"the stream ended before its format was clear; {SUPPORTED_HELP}"
+        )
+    return fmt
+
+
+def _detect(head: bytes, *, final: bool) -> ContainerFormat | None:
+    if len(head) < 12 and not final:
+        return None
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return ContainerFormat("wav", "wav")
+    if head[:4] == b"OggS":
+        return ContainerFormat("ogg", "ogg")
+    if head[:4] == b"fLaC":
+        return ContainerFormat("flac", "flac")
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        if len(head) < _EBML_HEAD_BYTES and not final:
+            return None
+        return ContainerFormat(
+            "matroska", "webm" if b"webm" in head[:_EBML_HEAD_BYTES] else "matroska"
+        )
+    if head[4:8] == b"ftyp":
+        return ContainerFormat("mov", "mp4")
+    if head[:3] == b"ID3":
+        # An ID3v2 tag (MP3 metadata, perhaps with cover art): look at what follows it.
+        if len(head) < 10:
+            return None
+        size = (
+            (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
+        )
+        end = 10 + size + (10 if head[5] & 0x10 else 0)
+        if len(head) < end + 12 and not final:
+            return None
+        inner = _detect(head[end:], final=final)
+        return inner if inner is None or inner.demuxer != "mp3" else ContainerFormat("mp3", "mp3")
+    first = _mpeg_frame(head[:4])
+    if first is not None:
+        length, kind = first
+        if len(head) < length + 4:
+            if not final:
+                return None
+            return ContainerFormat("mp3", "mp3")  # a whole stream of one frame
+        second = _mpeg_frame(head[length : length + 4])
+        if second is not None and second[1] == kind:
+            return ContainerFormat("mp3", "mp3")
+    raise ContainerDecodeError(SUPPORTED_HELP)
+
+
+# --------------------------------------------------------------------------- the pipe
+
+
+class _Pipe:
+    """The hand-off between ``feed()`` (producer) and the FFmpeg worker thread (consumer).
+
+    All fields are guarded by ``cond``. The worker blocks in ``read()`` when it has taken
+    every byte; ``feed()`` waits for exactly that state (or for the worker to stop).
+    """
+
+    def __init__(self, max_unproductive_bytes: int) -> None:
+        self.cond = threading.Condition()
+        self.chunks: deque[bytes] = deque()
+        self.offset = 0  # into chunks[0]
+        self.end_of_input = False
+        self.aborted = False
+        self.worker_waiting = False
+        self.worker_done = False
+        self.bytes_read = 0
+        self.bytes_read_at_last_audio = 0
+        self.max_unproductive_bytes = max_unproductive_bytes
+        self.unproductive = False
+        self.samples: list[Samples] = []
+        self.error: ContainerDecodeError | None = None
+
+    # ----- worker side (called by FFmpeg through PyAV, in the worker thread)
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; blocks until some arrive; b"" means end of stream."""
+        with self.cond:
+            while not self.chunks and not self.end_of_input and not self.aborted:
+                self.worker_waiting = True
+                self.cond.notify_all()
+                self.cond.wait()
+            self.worker_waiting = False
+            if self.aborted or not self.chunks:
+                return b""
+            if self.bytes_read - self.bytes_read_at_last_audio >= self.max_unproductive_bytes:
+                # Ending the stream (rather than raising through FFmpeg) stops the demuxer
+                # cleanly; the worker then reports why.
+                self.unproductive = True
+                return b""
+            chunk = self.chunks[0]
+            piece = chunk[self.offset : self.offset + size]
+            self.offset += len(piece)
+            if self.offset >= len(chunk):
+                self.chunks.popleft()
+                self.offset = 0
+            self.bytes_read += len(piece)
+            return piece
+
+    def emit(self, samples: Samples) -> None:
+        if not len(samples):
+            return
+        with self.cond:
+            self.samples.append(samples)
+            self.bytes_read_at_last_audio = self.bytes_read
+
+    def stop(self, error: ContainerDecodeError | None) -> None:
+        with self.cond:
+            self.worker_done = True
+            self.error = error
+            self.cond.notify_all()
+
+    # ----- caller side
+
+    def put(self, data: bytes) -> None:
+        with self.cond:
+            self.chunks.append(data)
+            self.worker_waiting = False
+            self.cond.notify_all()
+
+    def close_input(self) -> None:
+        with self.cond:
+            self.end_of_input = True
+            self.worker_waiting = False
+            self.cond.notify_all()
+
+    def abort(self) -> None:
+        with self.cond:
+            self.aborted = True
+            self.chunks.clear()
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> tuple[Samples, ContainerDecodeError | None]:
+        """Wait until the worker took every byte and wants more, or stopped; take its output.
+
+        After ``close_input()`` the worker never waits again, so this waits for it to stop.
+        """
+        with self.cond:
+            idle = self.cond.wait_for(
+                lambda: (
+                    self.worker_done
+                    or (self.worker_waiting and not self.chunks and not self.end_of_input)
+                ),
+                timeout=timeout_s,
+            )
+            samples = _concat(self.samples)
+            self.samples = []
+            if not idle:
+                self.aborted = True
+                self.cond.notify_all()
+                return samples, ContainerDecodeError(
+                    f"decoding the audio stalled for {timeout_s:g} s; the stream was closed"
+                )
+            return samples, self.error
+
+
+def _concat(parts: list[Samples]) -> Samples:
+    if not parts:
+        return _EMPTY
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts)
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Resampler:
+    """Frames of any format, layout and rate -> float32 mono 16 kHz; rebuilt on input changes."""
+
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self._key: tuple[str, str, int] | None = None
+
+    def push(self, frame: av.AudioFrame) -> list[Samples]:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        out: list[Samples] = []
+        if key != self._key:
+            out.extend(self.flush())
+            self._key = key
+            # rematrix_maxval=1 makes the downmix an average (L+R)/2, never louder than its input.
+            self._resampler = av.AudioResampler(
+                format="flt", layout="mono", rate=SAMPLE_RATE_HZ, options={"rematrix_maxval": "1"}
+            )
+        assert self._resampler is not None
+        out.extend(_mono(f) for f in self._resampler.resample(frame))
+        return out
+
+    def flush(self) -> list[Samples]:
+        if self._resampler is None:
+            return []
+        out = [_mono(f) for f in self._resampler.resample(None)]
+        self._resampler = None
+        self._key = None
+        return out
+
+
+def _mono(frame: av.AudioFrame) -> Samples:
+    array: Samples = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    return array
+
+
+def _run_worker(pipe: _Pipe, fmt: ContainerFormat) -> None:
+    """Thread body: demux and decode the pipe until it ends; never raises."""
+    error: ContainerDecodeError | None = None
+    try:
+        _decode(pipe, fmt)
+    except ContainerDecodeError as exc:
+        error = exc
+    except Exception:
+        logger.exception("container decoder worker failed")
+        error = ContainerDecodeError("the audio stream could not be decoded (internal error)")
+    if pipe.unproductive and not pipe.aborted:
+        error = ContainerDecodeError(
+            f"no audio could be decoded from {pipe.max_unproductive_bytes} bytes of the "
+            f"{fmt.name} stream; {SUPPORTED_HELP}"
+        )
+    pipe.stop(error)
+
+
+def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
+    try:
+        container = av.open(
+            pipe,
+            mode="r",
+            format=fmt.demuxer,
+            buffer_size=_READ_BUFFER_BYTES,
+            metadata_errors="ignore",
+            container_options={"analyzeduration": "100000", "probesize": "2048"},
+        )
+    except av.error.FFmpegError as exc:
+        if pipe.aborted or pipe.unproductive:
+            return
+        raise ContainerDecodeError(
+            f"the {fmt.name} stream could not be opened ({exc.strerror}); {SUPPORTED_HELP}"
+        ) from exc
+    with container:
+        if not container.streams.audio:
+            raise ContainerDecodeError(f"the {fmt.name} stream has no audio track")
+        stream = container.streams.audio[0]
+        codec = stream.codec_context
+        if codec is None:
+            raise ContainerDecodeError(f"the {fmt.name} stream's audio codec is not supported")
+        resampler = _Resampler()
+        decoded_any = False
+        decode_errors = 0
+        demux_errors = 0
+        truncated = False
+        while True:
+            try:
+                for packet in container.demux(stream):
+                    demux_errors = 0
+                    if packet.size == 0:
+                        continue  # PyAV's end-of-stream marker; the decoder is flushed below
+                    try:
+                        frames = codec.decode(packet)
+                    except av.error.FFmpegError as exc:
+                        decode_errors += 1
+                        logger.debug("skipped an undecodable %s packet: %s", fmt.name, exc)
+                        if decode_errors > _MAX_DECODE_ERRORS_IN_A_ROW:
+                            raise ContainerDecodeError(
+                                f"the {fmt.name} stream's audio packets cannot be decoded"
+                            ) from exc
+                        continue
+                    decode_errors = 0
+                    for frame in frames:
+                        for samples in resampler.push(frame):
+                            decoded_any = True
+                            pipe.emit(samples)
+                break
+            except av.error.FFmpegError as exc:
+                if pipe.aborted:
+                    return
+                if pipe.end_of_input or pipe.unproductive:
+                    truncated = True
+                    logger.info("the %s stream ended inside a packet: %s", fmt.name, exc)
+                    break
+                demux_errors += 1
+                if demux_errors > _MAX_DEMUX_ERRORS_IN_A_ROW:
+                    raise ContainerDecodeError(
+                        f"the {fmt.name} stream is corrupt ({exc.strerror}); {SUPPORTED_HELP}"
+                    ) from exc
+        if pipe.aborted:
+            return
+        try:
+            tail = [s for frame in codec.decode(None) for s in resampler.push(frame)]
+        except av.error.FFmpegError as exc:
+            logger.debug("flushing the %s decoder failed: %s", fmt.name, exc)
+            tail = []
+        tail.extend(resampler.flush())
+        for samples in tail:
+            decoded_any = True
+            pipe.emit(samples)
+        if truncated and not decoded_any:
+            raise ContainerDecodeError(
+                f"the {fmt.name} stream ended before any audio could be decoded"
+            )
+
+
+# --------------------------------------------------------------------------- public class
+
+
+class ContainerDecoder:
+    """Decodes a containerized audio byte stream, chunk by chunk, to float32 mono 16 kHz.
+
+    Not thread-safe: call it from one thread (or one task) at a time. ``feed()`` blocks for
+    as long as decoding its bytes takes (about a millisecond for 250 ms of Opus).
+    """
+
+    def __init__(
+        self, *, max_buffered_bytes: int = 8 * 1024 * 1024, stall_timeout_s: float = 30.0
+    ) -> None:
+        if max_buffered_bytes < 1024:
+            raise ValueError("max_buffered_bytes must be at least 1024")
+        self._max_buffered_bytes = max_buffered_bytes
+        self._stall_timeout_s = stall_timeout_s
+        self._head = bytearray()  # bytes held until the container is recognised
+        self._format: ContainerFormat | None = None
+        self._pipe: _Pipe | None = None
+        self._thread: threading.Thread | None = None
+        self._error: ContainerDecodeError | None = None
+        self._finished = False
+        self._closer: weakref.finalize[[], ContainerDecoder] | None = None
+
+    @property
+    def format_name(self) -> str | None:
+        """The container recognised from the first bytes ("webm", "ogg", "wav", ...), or None."""
+        return self._format.name if self._format else None
+
+    def feed(self, data: bytes) -> Samples:
+        """Add bytes of the stream; return the samples they made decodable (maybe none)."""
+        self._raise_if_failed()
+        if self._finished:
+            raise RuntimeError("feed() called after finish() or close()")
+        if not data:
+            return _EMPTY
+        if self._pipe is None:
+            self._head += data
+            if not self._start(final=False):
+                if len(self._head) > self._max_buffered_bytes:
+                    self._fail(
+                        ContainerDecodeError(
+                            f"{len(self._head)} bytes arrived without a recognisable "
+                            f"container header; {SUPPORTED_HELP}"
+                        )
+                    )
+                return _EMPTY
+        else:
+            self._pipe.put(bytes(data))
+        return self._collect()
+
+    def finish(self) -> Samples:
+        """End of stream: return every sample not returned yet, and stop the worker."""
+        self._raise_if_failed()
+        if self._finished:
+            raise RuntimeError("finish() called twice or after close()")
+        if self._pipe is None and not self._start(final=True):
+            self._finished = True
+            return _EMPTY  # nothing was ever sent
+        self._finished = True
+        assert self._pipe is not None and self._thread is not None
+        self._pipe.close_input()
+        samples = self._collect()
+        self._thread.join(timeout=self._stall_timeout_s)
+        return samples
+
+    def close(self) -> None:
+        """Abandon the stream (no more output); safe to call at any time, more than once."""
+        self._finished = True
+        if self._closer is not None:
+            self._closer()
+
+    def __enter__(self) -> ContainerDecoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----- internals
+
+    def _start(self, *, final: bool) -> bool:
+        """Recognise the container and start the worker; False if more bytes are needed."""
+        try:
+            fmt = detect_container(bytes(self._head), final=final)
+        except ContainerDecodeError as exc:
+            self._fail(exc)
+        if fmt is None:
+            return False
+        self._format = fmt
+        pipe = _Pipe(self._max_buffered_bytes)
+        thread = threading.Thread(
+            target=_run_worker, args=(pipe, fmt), name=f"container-{fmt.name}", daemon=True
+        )
+        self._pipe, self._thread = pipe, thread
+        # The worker holds the pipe, never the decoder, so a dropped decoder is collected
+        # and its worker told to stop.
+        self._closer = weakref.finalize(self, pipe.abort)
+        thread.start()
+        pipe.put(bytes(self._head))
+        self._head = bytearray()
+        return True
+
+    def _collect(self) -> Samples:
+        assert self._pipe is not None
+        samples, error = self._pipe.wait_idle(self._stall_timeout_s)
+        if error is not None:
+            error.samples = samples
+            self._fail(error)
+        return samples
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise ContainerDecodeError(str(self._error))
+
+    def _fail(self, error: ContainerDecodeError) -> NoReturn:
+        self._error = error
+        self._finished = True
+        if self._closer is not None:
+            self._closer()
+        raise error
