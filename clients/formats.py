@@ -1,0 +1,153 @@
+"""Transcript output formats (text, JSON lines, SRT, WebVTT) built from final results (pure).
+
+Cue timings come from each final's `start`/`duration` (stream time, so cues tile the speech
+without overlapping); a long final is split into several cues at word boundaries using the
+word timings, so no subtitle shows more than two short lines.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from clients.events import Metadata, Results, ServerMessage, Word
+
+OutputFormat = Literal["text", "json", "srt", "vtt"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "srt", "vtt")
+
+MAX_LINE_CHARS = 42
+MAX_CUE_CHARS = 2 * MAX_LINE_CHARS
+VTT_HEADER = "WEBVTT\n\n"
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One subtitle: text shown from `start_s` to `end_s` (seconds)."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+def _clock(seconds: float, separator: str) -> str:
+    total_ms = max(0, round(seconds * 1000))
+    hours, rest = divmod(total_ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def srt_timestamp(seconds: float) -> str:
+    """`HH:MM:SS,mmm` as SRT writes it."""
+    return _clock(seconds, ",")
+
+
+def vtt_timestamp(seconds: float) -> str:
+    """`HH:MM:SS.mmm` as WebVTT writes it."""
+    return _clock(seconds, ".")
+
+
+def _group_words(words: Sequence[Word], max_chars: int) -> list[list[Word]]:
+    groups: list[list[Word]] = []
+    current: list[Word] = []
+    length = 0
+    for word in words:
+        added = len(word.punctuated_word) + (1 if current else 0)
+        if current and length + added > max_chars:
+            groups.append(current)
+            current, length = [], 0
+            added = len(word.punctuated_word)
+        current.append(word)
+        length += added
+    if current:
+        groups.append(current)
+    return groups
+
+
+def cues_from_final(
+    final: Results, offset_s: float = 0.0, max_chars: int = MAX_CUE_CHARS
+) -> list[Cue]:
+    """The cues of one final result, shifted by `offset_s` (empty for an empty transcript)."""
+    text = final.transcript.strip()
+    if not text:
+        return []
+    start_s = offset_s + final.start_s
+    end_s = max(start_s, offset_s + final.end_s)
+    if len(text) <= max_chars or not final.words:
+        return [Cue(start_s, end_s, text)]
+    groups = _group_words(final.words, max_chars)
+    starts = [start_s]
+    for group in groups[1:]:
+        word_start_s = min(max(offset_s + group[0].start_s, starts[-1]), end_s)
+        starts.append(word_start_s)
+    ends = [*starts[1:], end_s]
+    return [
+        Cue(cue_start, cue_end, " ".join(w.punctuated_word for w in group))
+        for cue_start, cue_end, group in zip(starts, ends, groups, strict=True)
+    ]
+
+
+def _wrapped(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, MAX_LINE_CHARS)) or text
+
+
+def srt_cue(index: int, cue: Cue) -> str:
+    """One numbered SRT block, ending with a blank line."""
+    timing = f"{srt_timestamp(cue.start_s)} --> {srt_timestamp(cue.end_s)}"
+    return f"{index}\n{timing}\n{_wrapped(cue.text)}\n\n"
+
+
+def vtt_cue(cue: Cue) -> str:
+    """One WebVTT cue block, ending with a blank line."""
+    timing = f"{vtt_timestamp(cue.start_s)} --> {vtt_timestamp(cue.end_s)}"
+    return f"{timing}\n{_wrapped(cue.text)}\n\n"
+
+
+def to_srt(cues: Iterable[Cue]) -> str:
+    """A whole SRT document."""
+    return "".join(srt_cue(i, cue) for i, cue in enumerate(cues, start=1))
+
+
+def to_vtt(cues: Iterable[Cue]) -> str:
+    """A whole WebVTT document."""
+    return VTT_HEADER + "".join(vtt_cue(cue) for cue in cues)
+
+
+class TranscriptWriter:
+    """Turns server messages into output text for one format, incrementally.
+
+    `header()` is written first, `on_message()` for every message as it arrives (it returns
+    the text to append, often ""), so a transcript file is complete up to the last final
+    even if the client is interrupted. `offset_s` shifts stream time, for clients that
+    reconnect and start a new stream at 0.
+    """
+
+    def __init__(self, output_format: OutputFormat, include_interim: bool = False) -> None:
+        self.output_format = output_format
+        self.include_interim = include_interim
+        self._cue_count = 0
+
+    def header(self) -> str:
+        return VTT_HEADER if self.output_format == "vtt" else ""
+
+    def on_message(self, message: ServerMessage, raw: str, offset_s: float = 0.0) -> str:
+        if self.output_format == "json":
+            wanted = isinstance(message, Metadata) or (
+                isinstance(message, Results) and (message.is_final or self.include_interim)
+            )
+            return raw.strip() + "\n" if wanted else ""
+        if not isinstance(message, Results) or not message.is_final:
+            return ""
+        if self.output_format == "text":
+            text = message.transcript.strip()
+            return text + "\n" if text else ""
+        out: list[str] = []
+        for cue in cues_from_final(message, offset_s):
+            self._cue_count += 1
+            if self.output_format == "srt":
+                out.append(srt_cue(self._cue_count, cue))
+            else:
+                out.append(vtt_cue(cue))
+        return "".join(out)
