@@ -1,0 +1,166 @@
+"""Pure tests of the client output formats: SRT/VTT timestamps, cue splitting, the writer."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clients.events import Metadata, Results, Word, parse_message
+from clients.formats import (
+    MAX_CUE_CHARS,
+    Cue,
+    TranscriptWriter,
+    cues_from_final,
+    srt_timestamp,
+    to_srt,
+    to_vtt,
+    vtt_timestamp,
+)
+
+
+def final(start_s: float, duration_s: float, text: str, words: tuple[Word, ...] = ()) -> Results:
+    return Results(
+        start_s=start_s,
+        duration_s=duration_s,
+        is_final=True,
+        speech_final=True,
+        from_finalize=False,
+        transcript=text,
+        confidence=0.9,
+        words=words,
+    )
+
+
+def timed_words(text: str, start_s: float, step_s: float) -> tuple[Word, ...]:
+    return tuple(
+        Word(
+            word=w.strip(",.").lower(),
+            punctuated_word=w,
+            start_s=start_s + i * step_s,
+            end_s=start_s + (i + 1) * step_s,
+            confidence=0.9,
+        )
+        for i, w in enumerate(text.split())
+    )
+
+
+def test_timestamps() -> None:
+    assert srt_timestamp(0) == "00:00:00,000"
+    assert srt_timestamp(3.52) == "00:00:03,520"
+    assert srt_timestamp(3725.0049) == "01:02:05,005"
+    assert vtt_timestamp(61.5) == "00:01:01.500"
+    assert vtt_timestamp(-0.2) == "00:00:00.000"
+
+
+def test_srt_document() -> None:
+    cues = [Cue(0.32, 2.5, "Ask not"), Cue(2.5, 4.0, "what your country can do for you.")]
+    assert to_srt(cues) == (
+        "1\n00:00:00,320 --> 00:00:02,500\nAsk not\n\n"
+        "2\n00:00:02,500 --> 00:00:04,000\nwhat your country can do for you.\n\n"
+    )
+
+
+def test_vtt_document() -> None:
+    assert to_vtt([Cue(1.0, 2.25, "Hello there.")]) == (
+        "WEBVTT\n\n00:00:01.000 --> 00:00:02.250\nHello there.\n\n"
+    )
+
+
+def test_short_final_is_one_cue_spanning_start_and_duration() -> None:
+    cues = cues_from_final(final(3.52, 2.1, " Ask not. "), offset_s=10.0)
+    assert len(cues) == 1
+    assert cues[0].text == "Ask not."
+    assert abs(cues[0].start_s - 13.52) < 1e-9
+    assert abs(cues[0].end_s - 15.62) < 1e-9
+
+
+def test_empty_final_makes_no_cue() -> None:
+    assert cues_from_final(final(0.0, 1.0, "  ")) == []
+
+
+def test_long_final_split_at_words_tiles_its_span() -> None:
+    text = " ".join(f"word{i}," for i in range(40))
+    result = final(5.0, 20.0, text, timed_words(text, 5.2, 0.45))
+    cues = cues_from_final(result)
+    assert len(cues) > 1
+    assert cues[0].start_s == 5.0
+    assert cues[-1].end_s == 25.0
+    for before, after in itertools.pairwise(cues):
+        assert before.end_s == after.start_s
+        assert before.start_s < before.end_s
+    assert all(len(cue.text) <= MAX_CUE_CHARS for cue in cues)
+    assert " ".join(cue.text for cue in cues) == text
+
+
+def test_srt_lines_are_wrapped() -> None:
+    text = "and so my fellow Americans ask not what your country can do for you"
+    srt = to_srt([Cue(0.0, 4.0, text)])
+    lines = srt.split("\n")[2:-2]
+    assert len(lines) == 2
+    assert all(len(line) <= 42 for line in lines)
+
+
+@given(
+    starts=st.lists(st.floats(min_value=0, max_value=5000), min_size=1, max_size=20),
+    texts=st.lists(st.text(alphabet="abc ,.", min_size=1, max_size=200), min_size=20, max_size=20),
+)
+def test_cues_never_run_backwards(starts: list[float], texts: list[str]) -> None:
+    for start_s, text in zip(sorted(starts), texts, strict=False):
+        words = timed_words(text, start_s, 0.3)
+        for cue in cues_from_final(final(start_s, 0.3 * len(words) + 0.5, text, words)):
+            assert cue.start_s <= cue.end_s
+            assert cue.text.strip()
+
+
+RAW_FINAL = json.dumps(
+    {
+        "type": "Results",
+        "channel_index": [0, 1],
+        "start": 1.0,
+        "duration": 2.0,
+        "is_final": True,
+        "speech_final": True,
+        "from_finalize": False,
+        "channel": {"alternatives": [{"transcript": "Hello.", "confidence": 0.9, "words": []}]},
+    }
+)
+RAW_INTERIM = RAW_FINAL.replace('"is_final": true', '"is_final": false')
+RAW_METADATA = json.dumps(
+    {"type": "Metadata", "request_id": "r", "duration": 3.0, "models": ["tiny.en"]}
+)
+
+
+def test_writer_formats() -> None:
+    messages = [(parse_message(raw), raw) for raw in (RAW_INTERIM, RAW_FINAL, RAW_METADATA)]
+
+    def written(fmt: str, interim: bool = False, offset_s: float = 0.0) -> str:
+        writer = TranscriptWriter(fmt, interim)  # type: ignore[arg-type]
+        return writer.header() + "".join(writer.on_message(m, r, offset_s) for m, r in messages)
+
+    assert written("text") == "Hello.\n"
+    assert written("srt", offset_s=60.0) == "1\n00:01:01,000 --> 00:01:03,000\nHello.\n\n"
+    assert written("vtt") == "WEBVTT\n\n00:00:01.000 --> 00:00:03.000\nHello.\n\n"
+    json_lines = written("json").splitlines()
+    assert [json.loads(line)["type"] for line in json_lines] == ["Results", "Metadata"]
+    assert len(written("json", interim=True).splitlines()) == 3
+
+
+def test_parse_message_kinds() -> None:
+    parsed = parse_message(RAW_FINAL)
+    assert isinstance(parsed, Results) and parsed.is_final and parsed.end_s == 3.0
+    meta = parse_message(RAW_METADATA)
+    assert isinstance(meta, Metadata) and meta.models == ("tiny.en",)
+    assert re.search("not JSON", _error_text("{nope"))
+    assert re.search("type", _error_text("[1, 2]"))
+
+
+def _error_text(raw: str) -> str:
+    try:
+        parse_message(raw)
+    except ValueError as exc:
+        return str(exc)
+    raise AssertionError("parse_message accepted " + raw)
