@@ -1,0 +1,246 @@
+"""Start and stop the servers under test as child processes, and watch their CPU and memory.
+
+Our server is `python -m server --host 127.0.0.1 --port 0 ...`: its port comes from the
+stdout line `streamscribe: listening on http://127.0.0.1:PORT`, and it is usable after
+`streamscribe: ready`. The peer (WhisperLive) runs from its own virtualenv on a free port;
+it is usable once that port accepts connections.
+
+Errors: `ServerStartError` (the process exited or never became ready; see its log file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+LISTENING_PREFIX = "streamscribe: listening on "
+READY_LINE = "streamscribe: ready"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerStartError(Exception):
+    """A server under test did not start."""
+
+
+class ServerProcess:
+    """A running server child: its pid and websocket URL; `stop()` ends it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
+        self.proc = proc
+        self.port = port
+        self._log = log
+        self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit within `timeout_s`; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_ours(
+    model_dir: Path,
+    extra_args: Sequence[str],
+    log_path: Path,
+    python: str = sys.executable,
+    timeout_s: float = 180.0,
+) -> ServerProcess:
+    """Start our server and block until it prints its ready line."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    cmd = [python, "-m", "server", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--model", str(model_dir), *extra_args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    ports: list[int] = []
+    ready = threading.Event()
+
+    def read_stdout() -> None:
+        for raw in stdout:
+            log.write(raw)
+            log.flush()
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith(LISTENING_PREFIX):
+                ports.append(int(line.rsplit(":", 1)[1].strip().rstrip("/")))
+            elif line.strip() == READY_LINE:
+                ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read_stdout, name="server-stdout", daemon=True)
+    reader.start()
+    if not ready.wait(timeout_s) or proc.poll() is not None or not ports:
+        proc.kill()
+        proc.wait()
+        reader.join(timeout=5)
+        log.close()
+        raise ServerStartError(
+            f"our server did not become ready (exit {proc.returncode}); "
+            f"command: {' '.join(cmd)}; see {log_path}"
+        )
+    handle = ServerProcess(proc, ports[0], log)
+    handle._reader = reader
+    return handle
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """Where the WhisperLive peer lives and how to run it."""
+
+    python: Path
+    script: Path
+    omp_num_threads: int = 2
+    max_clients: int = 16
+
+
+def start_peer(
+    settings: PeerSettings, model_dir: Path, log_path: Path, timeout_s: float = 180.0
+) -> ServerProcess:
+    """Start WhisperLive on a free port and block until the port accepts connections."""
+    if not settings.python.exists():
+        raise ServerStartError(
+            f"no peer virtualenv at {settings.python}; install it as ../shared/peer/README.md says"
+        )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    port = free_port()
+    script = settings.script.absolute()
+    cmd = [
+        str(settings.python.absolute()),  # not resolve(): the venv's python is a symlink
+        str(script),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--omp_num_threads", str(settings.omp_num_threads),
+        "--max_clients", str(settings.max_clients),
+        "--faster_whisper_custom_model_path", str(model_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("OMP_NUM_THREADS", None)
+    proc = subprocess.Popen(cmd, cwd=script.parent, env=env, stdout=log, stderr=log)
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return ServerProcess(proc, port, log)
+        time.sleep(0.2)  # the peer prints nothing when bound; the port is all we can watch
+    proc.kill()
+    proc.wait()
+    log.close()
+    raise ServerStartError(f"the peer did not open port {port} (exit {proc.returncode}); "
+                           f"see {log_path}")
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """CPU seconds used and memory held by a server process tree over a measured stretch."""
+
+    cpu_s: float
+    wall_s: float
+    rss_peak_mb: float
+    rss_mean_mb: float
+
+    @property
+    def cpu_cores(self) -> float:
+        """Average cores busy (CPU seconds per wall second)."""
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _cpu_s(procs: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def _rss_bytes(procs: Sequence[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+class ResourceMonitor:
+    """Samples a process tree's RSS on a background thread; CPU from cpu_times at both ends."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        self._pid = pid
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._samples: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._cpu0_s = 0.0
+        self._wall0_s = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self._samples.append(_rss_bytes(_tree(self._pid)))
+
+    def start(self) -> None:
+        self._cpu0_s = _cpu_s(_tree(self._pid))
+        self._wall0_s = time.monotonic()
+        self._samples.append(_rss_bytes(_tree(self._pid)))
+        self._thread.start()
+
+    def stop(self) -> ResourceUsage:
+        procs = _tree(self._pid)
+        cpu_s = _cpu_s(procs) - self._cpu0_s
+        wall_s = time.monotonic() - self._wall0_s
+        self._stop.set()
+        self._thread.join()
+        self._samples.append(_rss_bytes(procs))
+        mb = [s / 2**20 for s in self._samples if s]
+        return ResourceUsage(
+            cpu_s=cpu_s,
+            wall_s=wall_s,
+            rss_peak_mb=max(mb, default=0.0),
+            rss_mean_mb=sum(mb) / len(mb) if mb else 0.0,
+        )
