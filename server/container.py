@@ -128,7 +128,7 @@ def detect_container(head: bytes, *, final: bool = False) -> ContainerFormat | N
 
 
 def _detect(head: bytes, *, final: bool) -> ContainerFormat | None:
-    if len(head) < 12 and not final:
+    if len(head) < 12:
         return None
     if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
         return ContainerFormat("wav", "wav")
@@ -354,16 +354,24 @@ def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
     except av.error.FFmpegError as exc:
         if pipe.aborted or pipe.unproductive:
             return
+        if isinstance(exc, av.error.EOFError) or pipe.end_of_input:
+            # The stream ended inside its header: no audio, and nothing more to say.
+            logger.info("the %s stream ended before its first audio packet", fmt.name)
+            return
         raise ContainerDecodeError(
             f"the {fmt.name} stream could not be opened ({exc.strerror}); {SUPPORTED_HELP}"
         ) from exc
     with container:
         if not container.streams.audio:
-            raise ContainerDecodeError(f"the {fmt.name} stream has no audio track")
+            raise ContainerDecodeError(
+                f"the {fmt.name} stream has no audio track; send a stream with audio"
+            )
         stream = container.streams.audio[0]
         codec = stream.codec_context
         if codec is None:
-            raise ContainerDecodeError(f"the {fmt.name} stream's audio codec is not supported")
+            raise ContainerDecodeError(
+                f"the {fmt.name} stream's audio codec is not supported; {SUPPORTED_HELP}"
+            )
         resampler = _Resampler()
         decoded_any = False
         decode_errors = 0

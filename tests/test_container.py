@@ -1,0 +1,503 @@
+"""Tests for server.container: incremental container decoding matches a one-shot decode."""
+
+from __future__ import annotations
+
+import gc
+import io
+import itertools
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.container import (
+    SAMPLE_RATE_HZ,
+    ContainerDecodeError,
+    ContainerDecoder,
+    detect_container,
+)
+
+Samples = npt.NDArray[np.float32]
+
+SOURCE_RATE_HZ = 44_100
+RIGHT_GAIN = 0.6  # the right channel is quieter, so the mono mix is (1 + 0.6) / 2 = 0.8 x
+
+
+# --------------------------------------------------------------------------- test inputs
+
+
+class _Sink:
+    """A write-only, non-seekable file: records each write, as a live recorder hands out data."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    kind: str
+    writes: list[bytes]  # the muxer's writes: for WebM/Ogg, one per ~250 ms like MediaRecorder
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+
+# kind -> (muxer, encoder, encoder rate, muxer options)
+_SPECS: dict[str, tuple[str, str, int, dict[str, str]]] = {
+    "webm": ("webm", "libopus", 48_000, {"cluster_time_limit": "250"}),
+    "ogg": ("ogg", "libopus", 48_000, {"page_duration": "250000"}),
+    "mp3": ("mp3", "libmp3lame", 44_100, {}),
+    "flac": ("flac", "flac", 44_100, {}),
+    "wav": ("wav", "pcm_s16le", 44_100, {}),
+    "mp4": ("mp4", "aac", 44_100, {"movflags": "frag_keyframe+empty_moov+default_base_moof"}),
+}
+
+
+def _decode_file(path: Path, *, rate_hz: int, layout: str) -> npt.NDArray[np.float32]:
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate_hz)
+        frames = [o for f in container.decode(audio=0) for o in resampler.resample(f)]
+        frames += resampler.resample(None)
+    planes: npt.NDArray[np.float32] = np.concatenate([f.to_ndarray() for f in frames], axis=1)
+    return planes
+
+
+def _stereo_source(audio_dir: Path) -> npt.NDArray[np.float32]:
+    """jfk_inaugural.wav as 44.1 kHz stereo float, right channel at RIGHT_GAIN."""
+    mono = _decode_file(audio_dir / "jfk_inaugural.wav", rate_hz=SOURCE_RATE_HZ, layout="mono")
+    stereo: npt.NDArray[np.float32] = np.concatenate([mono, mono * RIGHT_GAIN])
+    return stereo
+
+
+def _encode(stereo: npt.NDArray[np.float32], kind: str) -> Encoded:
+    muxer, codec, rate_hz, options = _SPECS[kind]
+    sink = _Sink()
+    with av.open(sink, "w", format=muxer, options=options) as out:
+        stream = out.add_stream(codec, rate=rate_hz, layout="stereo")
+        assert isinstance(stream, av.AudioStream)
+        fmt = stream.codec_context.format
+        resampler = av.AudioResampler(format=fmt, layout="stereo", rate=rate_hz)
+        for start in range(0, stereo.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(stereo[:, start : start + 1024]),
+                format="fltp",
+                layout="stereo",
+            )
+            frame.sample_rate = SOURCE_RATE_HZ
+            for converted in resampler.resample(frame):
+                out.mux(stream.encode(converted))
+        for converted in resampler.resample(None):
+            out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+    return Encoded(kind, sink.writes)
+
+
+def one_shot(data: bytes) -> Samples:
+    """Decode a whole file at once with plain PyAV: the reference for incremental decoding."""
+    with av.open(io.BytesIO(data), "r") as container:
+        resampler = av.AudioResampler(
+            format="flt", layout="mono", rate=SAMPLE_RATE_HZ, options={"rematrix_maxval": "1"}
+        )
+        frames = [o for f in container.decode(audio=0) for o in resampler.resample(f)]
+        frames += resampler.resample(None)
+    if not frames:
+        return np.zeros(0, dtype=np.float32)
+    samples: Samples = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    return samples
+
+
+@pytest.fixture(scope="module")
+def source_16k(audio_dir: Path) -> Samples:
+    mono = _decode_file(audio_dir / "jfk_inaugural.wav", rate_hz=SAMPLE_RATE_HZ, layout="mono")
+    samples: Samples = mono[0]
+    return samples
+
+
+@pytest.fixture(scope="module")
+def stereo(audio_dir: Path) -> npt.NDArray[np.float32]:
+    return _stereo_source(audio_dir)
+
+
+@pytest.fixture(scope="module")
+def encoded(stereo: npt.NDArray[np.float32]) -> dict[str, Encoded]:
+    return {kind: _encode(stereo, kind) for kind in _SPECS}
+
+
+@pytest.fixture(scope="module")
+def short_webm(stereo: npt.NDArray[np.float32]) -> Encoded:
+    """About 1.2 s of speech as WebM/Opus: small enough to feed byte by byte."""
+    return _encode(stereo[:, 44_100 : 44_100 + 53_000], "webm")
+
+
+@pytest.fixture(scope="module")
+def references(encoded: dict[str, Encoded]) -> dict[str, Samples]:
+    return {kind: one_shot(enc.data) for kind, enc in encoded.items()}
+
+
+def chunks_of(data: bytes, size: int) -> Iterator[bytes]:
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def decode_in_chunks(chunks: Iterable[bytes], **kwargs: int) -> tuple[list[Samples], Samples]:
+    """Feed every chunk; return the per-feed outputs and finish()'s output."""
+    decoder = ContainerDecoder(**kwargs)
+    outputs = [decoder.feed(chunk) for chunk in chunks]
+    return outputs, decoder.finish()
+
+
+def joined(outputs: list[Samples], tail: Samples) -> Samples:
+    samples: Samples = np.concatenate([*outputs, tail])
+    return samples
+
+
+def best_correlation(a: Samples, b: Samples, max_lag: int) -> float:
+    """Pearson correlation of a and b at the lag (up to max_lag samples) that aligns them best."""
+    n = min(len(a), len(b))
+    x, y = a[:n].astype(np.float64), b[:n].astype(np.float64)
+    size = 2 * n
+    cross = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size)), size)
+    candidates = np.concatenate([cross[: max_lag + 1], cross[size - max_lag :]])
+    index = int(np.argmax(candidates))
+    lag = index if index <= max_lag else index - len(candidates)
+    if lag >= 0:
+        x, y = x[lag:], y[: n - lag]
+    else:
+        x, y = x[: n + lag], y[-lag:]
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def container_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("container-")]
+
+
+# --------------------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("kind", list(_SPECS))
+@pytest.mark.parametrize("chunk_size", [997, 4096, None], ids=["997", "4096", "whole"])
+def test_chunked_decode_equals_one_shot(
+    kind: str,
+    chunk_size: int | None,
+    encoded: dict[str, Encoded],
+    references: dict[str, Samples],
+) -> None:
+    data = encoded[kind].data
+    outputs, tail = decode_in_chunks([data] if chunk_size is None else chunks_of(data, chunk_size))
+    got = joined(outputs, tail)
+    ref = references[kind]
+    assert got.dtype == np.float32 and got.ndim == 1
+    # The demuxer sees the same bytes whatever the split, so the output is bit-identical.
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_one_byte_chunks_equal_one_shot(short_webm: Encoded) -> None:
+    data = short_webm.data
+    outputs, tail = decode_in_chunks(chunks_of(data, 1))
+    got = joined(outputs, tail)
+    np.testing.assert_array_equal(got, one_shot(data))
+    assert abs(len(got) - 53_000 * SAMPLE_RATE_HZ // SOURCE_RATE_HZ) < 0.005 * SAMPLE_RATE_HZ
+
+
+@pytest.mark.parametrize("kind", list(_SPECS))
+def test_output_is_the_source_downmixed_and_resampled(
+    kind: str, references: dict[str, Samples], source_16k: Samples, encoded: dict[str, Encoded]
+) -> None:
+    """Independent of PyAV's one-shot path: compare with the original 16 kHz recording."""
+    outputs, tail = decode_in_chunks(chunks_of(encoded[kind].data, 4096))
+    got = joined(outputs, tail)
+    # Length within a few ms (lossy codecs add encoder delay/padding; MP3 about 50 ms).
+    assert abs(len(got) - len(source_16k)) <= 0.06 * SAMPLE_RATE_HZ
+    corr = best_correlation(got, source_16k, max_lag=800)
+    assert corr > (0.999 if kind in ("wav", "flac") else 0.95)
+    # Mono is the average of the channels: (1 + RIGHT_GAIN) / 2 of the source's level.
+    ratio = float(np.sqrt(np.mean(got**2) / np.mean(source_16k**2)))
+    # (A sum scaled by 1/sqrt(2), FFmpeg's default for float output, would give 1.13.)
+    assert ratio == pytest.approx((1 + RIGHT_GAIN) / 2, rel=0.1)
+
+
+def test_plain_16k_mono_wav_file(audio_dir: Path, source_16k: Samples) -> None:
+    data = (audio_dir / "jfk_inaugural.wav").read_bytes()
+    decoder = ContainerDecoder()
+    outputs = [decoder.feed(chunk) for chunk in chunks_of(data, 3000)]
+    got = joined(outputs, decoder.finish())
+    assert decoder.format_name == "wav"
+    np.testing.assert_allclose(got, source_16k, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- incremental output
+
+
+@pytest.mark.parametrize("kind", ["webm", "ogg"])
+def test_recorder_chunks_come_out_as_they_arrive(
+    kind: str, encoded: dict[str, Encoded], references: dict[str, Samples]
+) -> None:
+    """Each ~250 ms recorder chunk yields its audio at once, not at finish()."""
+    writes = encoded[kind].writes
+    decoder = ContainerDecoder()
+    fed = b""
+    total = 0
+    produced_before_finish = 0
+    for write in writes:
+        fed += write
+        total += len(decoder.feed(write))
+        # Everything a one-shot decoder gets from the same prefix came out already, less the
+        # resampler's few samples of delay that only finish() flushes.
+        decodable = len(one_shot(fed)) if len(fed) > 1000 else 0
+        assert total >= decodable - 32, f"after {len(fed)} bytes"
+        produced_before_finish = total
+    tail = decoder.finish()
+    assert len(tail) <= 32
+    assert produced_before_finish == len(references[kind]) - len(tail)
+    assert decoder.format_name == kind
+
+
+@pytest.mark.parametrize("kind", ["webm", "ogg", "mp3", "wav", "mp4"])
+def test_latency_is_bounded(kind: str, encoded: dict[str, Encoded]) -> None:
+    """Fed at a steady byte rate, the output trails the input by well under a second."""
+    data = encoded[kind].data
+    seconds_per_byte = 11.0 / len(data)
+    decoder = ContainerDecoder()
+    produced = 0
+    lags_s = []
+    for offset in range(0, len(data), 1000):
+        produced += len(decoder.feed(data[offset : offset + 1000]))
+        if offset > len(data) // 10:
+            lags_s.append((offset + 1000) * seconds_per_byte - produced / SAMPLE_RATE_HZ)
+    decoder.finish()
+    # Container overhead makes bytes and seconds not quite proportional: allow 0.4 s.
+    assert max(lags_s) < 0.4
+
+
+def test_format_names(encoded: dict[str, Encoded]) -> None:
+    for kind, enc in encoded.items():
+        decoder = ContainerDecoder()
+        assert decoder.format_name is None
+        decoder.feed(enc.data[:4096])
+        assert decoder.format_name == kind
+        decoder.close()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_random_bytes_are_refused_at_once() -> None:
+    garbage = np.random.default_rng(7).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    decoder = ContainerDecoder()
+    with pytest.raises(ContainerDecodeError, match=r"encoding=linear16"):
+        decoder.feed(garbage[:65536])
+    # The error is sticky; nothing more is accepted.
+    with pytest.raises(ContainerDecodeError):
+        decoder.feed(b"more")
+
+
+def test_random_bytes_byte_by_byte_are_refused_within_a_few_bytes() -> None:
+    garbage = np.random.default_rng(8).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    decoder = ContainerDecoder()
+    with pytest.raises(ContainerDecodeError):
+        for n, byte in enumerate(chunks_of(garbage, 1)):
+            decoder.feed(byte)
+            assert n < 64, "garbage was not refused within 64 bytes"
+
+
+def test_raw_pcm_without_encoding_is_refused_with_advice(audio_dir: Path) -> None:
+    pcm = (audio_dir / "jfk_inaugural.wav").read_bytes()[44:]
+    with pytest.raises(ContainerDecodeError, match=r"encoding=linear16&sample_rate"):
+        ContainerDecoder().feed(pcm[:32000])
+
+
+_HEADER_WRITES = {"webm": 1, "ogg": 2, "mp3": 3}
+
+
+@pytest.mark.parametrize("kind", ["webm", "ogg", "mp3"])
+def test_garbage_after_a_valid_header_is_refused_within_the_byte_bound(
+    kind: str, encoded: dict[str, Encoded]
+) -> None:
+    header = b"".join(encoded[kind].writes[: _HEADER_WRITES[kind]])
+    garbage = np.random.default_rng(9).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    bound = 256 * 1024
+    decoder = ContainerDecoder(max_buffered_bytes=bound)
+    fed = 0
+    with pytest.raises(ContainerDecodeError):
+        decoder.feed(header)
+        for chunk in chunks_of(garbage, 16384):
+            decoder.feed(chunk)
+            fed += len(chunk)
+    assert fed <= bound + 2 * 16384
+
+
+def test_an_endless_id3_tag_is_refused_at_the_byte_bound() -> None:
+    # An ID3v2 header announcing a 200 MB tag: the sniffer would wait for its end.
+    header = b"ID3\x04\x00\x00" + bytes([0x60, 0x00, 0x00, 0x00])
+    decoder = ContainerDecoder(max_buffered_bytes=100_000)
+    fed = 0
+    with pytest.raises(ContainerDecodeError, match="recognisable"):
+        decoder.feed(header)
+        for _ in range(100):
+            decoder.feed(bytes(10_000))
+            fed += 10_000
+    assert fed <= 110_000
+
+
+def test_truncated_file_yields_what_was_decodable(
+    encoded: dict[str, Encoded], references: dict[str, Samples]
+) -> None:
+    data = encoded["webm"].data
+    cut = data[: int(len(data) * 0.6) + 123]  # somewhere inside a cluster
+    outputs, tail = decode_in_chunks(chunks_of(cut, 4096))
+    got = joined(outputs, tail)
+    ref = references["webm"]
+    assert 0.55 * len(ref) < len(got) < 0.65 * len(ref)
+    # The same samples as the whole file's decode, up to the resampler's flushed tail.
+    np.testing.assert_array_equal(got[: len(got) - 32], ref[: len(got) - 32])
+
+
+@pytest.mark.parametrize("kind", ["ogg", "mp3", "flac", "wav", "mp4"])
+def test_truncated_files_of_every_kind_end_cleanly(
+    kind: str, encoded: dict[str, Encoded], references: dict[str, Samples]
+) -> None:
+    data = encoded[kind].data
+    outputs, tail = decode_in_chunks(chunks_of(data[: len(data) // 2 + 7], 4096))
+    got = joined(outputs, tail)
+    ref = references[kind]
+    assert 0.3 * len(ref) < len(got) <= 0.6 * len(ref)
+    assert best_correlation(got[:16000], ref[:16000], max_lag=0) > 0.999
+
+
+def test_header_only_stream_yields_nothing(encoded: dict[str, Encoded]) -> None:
+    header = encoded["webm"].writes[0]
+    outputs, tail = decode_in_chunks([header])
+    assert len(joined(outputs, tail)) == 0
+
+
+def test_empty_stream_yields_nothing() -> None:
+    decoder = ContainerDecoder()
+    assert len(decoder.feed(b"")) == 0
+    assert len(decoder.finish()) == 0
+    assert decoder.format_name is None
+
+
+def test_stream_too_short_to_recognise_is_refused_at_finish() -> None:
+    decoder = ContainerDecoder()
+    assert len(decoder.feed(b"RIF")) == 0
+    with pytest.raises(ContainerDecodeError, match="ended before its format"):
+        decoder.finish()
+
+
+def test_file_cut_inside_its_header_yields_nothing(encoded: dict[str, Encoded]) -> None:
+    decoder = ContainerDecoder()
+    decoder.feed(encoded["wav"].data[:30])
+    assert len(decoder.finish()) == 0
+    assert decoder.format_name == "wav"
+
+
+def test_a_broken_header_is_refused() -> None:
+    fmt_chunk = struct.pack("<HHIIHH", 0x1234, 0, 16000, 32000, 2, 16)  # no channels
+    wav = b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt_chunk
+    decoder = ContainerDecoder()
+    with pytest.raises(ContainerDecodeError, match="not supported"):
+        decoder.feed(wav + b"data" + struct.pack("<I", 3200) + bytes(3200))
+        decoder.finish()
+
+
+def test_feed_after_finish_is_a_programming_error(short_webm: Encoded) -> None:
+    decoder = ContainerDecoder()
+    decoder.feed(short_webm.data)
+    decoder.finish()
+    with pytest.raises(RuntimeError):
+        decoder.feed(b"x")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_detect_container_needs_only_a_few_bytes(encoded: dict[str, Encoded]) -> None:
+    assert detect_container(encoded["wav"].data[:11]) is None
+    fmt = detect_container(encoded["wav"].data[:12])
+    assert fmt is not None and fmt.name == "wav"
+    webm = detect_container(encoded["webm"].data[:64])
+    assert webm is not None and (webm.demuxer, webm.name) == ("matroska", "webm")
+    mp3 = detect_container(encoded["mp3"].data[:4096])
+    assert mp3 is not None and mp3.name == "mp3"
+
+
+def test_detect_container_refuses_almost_mp3() -> None:
+    # A valid MPEG frame header not followed by a second frame is not MP3.
+    header = bytes([0xFF, 0xFB, 0x90, 0x64]) + bytes(2000)
+    with pytest.raises(ContainerDecodeError):
+        detect_container(header)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_worker_threads_end(short_webm: Encoded) -> None:
+    before = set(container_threads())
+    finished = ContainerDecoder()
+    finished.feed(short_webm.data)
+    finished.finish()
+    closed = ContainerDecoder()
+    closed.feed(short_webm.data[:3000])
+    closed.close()
+    dropped = ContainerDecoder()
+    dropped.feed(short_webm.data[:3000])
+    del dropped
+    gc.collect()
+    for thread in set(container_threads()) - before:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_many_decoders_interleaved_stay_independent(
+    encoded: dict[str, Encoded], references: dict[str, Samples]
+) -> None:
+    kinds = ["webm", "ogg", "mp3", "flac"]
+    decoders = {kind: ContainerDecoder() for kind in kinds}
+    outputs: dict[str, list[Samples]] = {kind: [] for kind in kinds}
+    streams = {kind: list(chunks_of(encoded[kind].data, 5000)) for kind in kinds}
+    for index in range(max(len(s) for s in streams.values())):
+        for kind in kinds:
+            if index < len(streams[kind]):
+                outputs[kind].append(decoders[kind].feed(streams[kind][index]))
+    for kind in kinds:
+        np.testing.assert_array_equal(
+            joined(outputs[kind], decoders[kind].finish()), references[kind]
+        )
+
+
+# --------------------------------------------------------------------------- property
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=1 << 30), max_size=40))
+def test_any_chunk_boundaries_give_the_same_samples(short_webm: Encoded, cuts: list[int]) -> None:
+    data = short_webm.data
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
+    outputs, tail = decode_in_chunks(chunks)
+    np.testing.assert_array_equal(joined(outputs, tail), _short_reference(data))
+
+
+_REFERENCE_CACHE: dict[bytes, Samples] = {}
+
+
+def _short_reference(data: bytes) -> Samples:
+    if data not in _REFERENCE_CACHE:
+        _REFERENCE_CACHE[data] = one_shot(data)
+    return _REFERENCE_CACHE[data]
