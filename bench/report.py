@@ -23,6 +23,20 @@ from bench.workload import ClientStream
 
 
 @dataclass(frozen=True)
+class ClientDetail:
+    """One client's part of a level, for reading a run's JSON after the fact."""
+
+    client: int
+    files: tuple[str, ...]
+    refused: bool
+    close_code: int | None
+    final_latencies_s: tuple[float, ...]
+    lost: int
+    transcript: str
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class LevelReport:
     """Everything measured for one target at one number of concurrent streams."""
 
@@ -51,11 +65,10 @@ class LevelReport:
     audio_s: float
     errors: tuple[str, ...]
     meets_target: bool
+    clients: tuple[ClientDetail, ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["errors"] = list(self.errors)
-        return data
+        return dict(asdict(self))
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -84,15 +97,35 @@ def score_level(
     offline_hyps: list[str] = []
     interims = 0
     audio_s = 0.0
-    for stream, result in accepted:
+    details: list[ClientDetail] = []
+    for stream in streams:
+        result = by_client[stream.index]
+        latencies = (
+            final_latencies_s(result.captions, result.send_log) if len(result.send_log) else []
+        )
+        client_lost = lost_spans([p.speech for p in stream.placements], result.captions)
+        details.append(
+            ClientDetail(
+                client=stream.index,
+                files=tuple(p.name for p in stream.placements),
+                refused=result.refused,
+                close_code=result.close_code,
+                final_latencies_s=tuple(round(v, 3) for v in latencies),
+                lost=client_lost,
+                transcript=transcript(result.captions),
+                errors=tuple(result.errors),
+            )
+        )
+        if result.refused:
+            continue
         if len(result.send_log):
-            final_lat += final_latencies_s(result.captions, result.send_log)
+            final_lat += latencies
             settled_lat += settled_latencies_s(result.captions, result.send_log)
             utterances = [u for p in stream.placements for u in p.utterances]
             d, m = caption_delays_s(utterances, result.captions, result.send_log)
             delays += d
             missing += m
-        lost += lost_spans([p.speech for p in stream.placements], result.captions)
+        lost += client_lost
         refs.append(" ".join(p.reference for p in stream.placements))
         hyp = transcript(result.captions)
         hyps.append(hyp)
@@ -143,6 +176,7 @@ def score_level(
         audio_s=round(audio_s, 1),
         errors=tuple(errors[:10]),
         meets_target=meets(level, rule),
+        clients=tuple(details),
     )
 
 

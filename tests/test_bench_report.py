@@ -86,3 +86,18 @@ def test_score_level_meets_the_target_when_fast_and_accurate() -> None:
     assert table[0].split()[:3] == ["target", "N", "refused"]
     assert table[2].split()[:4] == ["ours", "1", "0", "0"]
     assert table[2].split()[-1] == "yes"
+
+
+def test_client_details_keep_each_clients_transcript_and_latencies() -> None:
+    s0 = build_stream(0, FILES, gap_s=1.0, lead_s=0.5, tail_s=1.0)
+    s1 = build_stream(1, FILES[::-1], gap_s=1.0, lead_s=0.5, tail_s=1.0)
+    r0 = ClientResult(client=0, send_log=streamed(s0), close_code=1000)
+    r0.captions = [Caption(1002.4, 0.9, 2.1, "Ask not what your country", True)]
+    r1 = ClientResult(client=1, refused=True, close_code=1013)
+    report = score_level("ours", [s0, s1], [r0, r1], OFFLINE, USAGE, CapacityRule())
+    d0, d1 = report.clients
+    assert d0.files == ("a.wav", "b.wav") and d1.files == ("b.wav", "a.wav")
+    assert d0.final_latencies_s == pytest.approx((0.3,))
+    assert (d0.lost, d0.transcript, d0.close_code) == (1, "Ask not what your country", 1000)
+    assert (d1.refused, d1.close_code, d1.final_latencies_s) == (True, 1013, ())
+    assert report.to_json()["clients"][1]["close_code"] == 1013  # type: ignore[index]
