@@ -101,6 +101,31 @@ def settled_latencies_s(captions: Iterable[Caption], send_log: SendLog) -> list[
     ]
 
 
+def speech_end_stream_s(end_stream_s: float, utterances: Sequence[Span]) -> float:
+    """Where the speech a span ends in really stopped: a span ending in silence is pulled
+    back to the last reference utterance's end; a span cut mid-speech keeps its own end."""
+    before = [u for u in utterances if u.start_stream_s < end_stream_s]
+    if not before:
+        return end_stream_s
+    return min(end_stream_s, max(u.end_stream_s for u in before))
+
+
+def speech_end_latencies_s(
+    captions: Iterable[Caption], utterances: Sequence[Span], send_log: SendLog
+) -> list[float]:
+    """Arrival of each non-empty final minus when the last speech in its span was sent.
+
+    Comparable across servers whatever their endpointing: the wait for trailing silence
+    counts here, while `final_latencies_s` starts at the span's end.
+    """
+    return [
+        c.arrival_wall_s
+        - send_log.wall_time_sent(speech_end_stream_s(c.end_stream_s, utterances))
+        for c in captions
+        if c.is_final and c.text.strip()
+    ]
+
+
 def _overlaps(caption: Caption, span: Span) -> bool:
     return caption.start_stream_s < span.end_stream_s and caption.end_stream_s > span.start_stream_s
 

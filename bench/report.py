@@ -16,6 +16,7 @@ from bench.metrics_calc import (
     meets,
     percentile,
     settled_latencies_s,
+    speech_end_latencies_s,
     transcript,
 )
 from bench.servers import ResourceUsage
@@ -52,6 +53,8 @@ class LevelReport:
     final_max_s: float | None
     settled_p50_s: float | None  # from when a final's text last changed (peer: before completion)
     settled_p95_s: float | None
+    speech_end_p50_s: float | None  # final arrival minus when its last speech was sent
+    speech_end_p95_s: float | None
     caption_delay_p50_s: float | None
     caption_delay_p95_s: float | None
     captions_missing: int  # utterances that no text ever covered
@@ -88,6 +91,7 @@ def score_level(
     accepted = [(s, by_client[s.index]) for s in streams if not by_client[s.index].refused]
     final_lat: list[float] = []
     settled_lat: list[float] = []
+    speech_end_lat: list[float] = []
     delays: list[float] = []
     missing = 0
     lost = 0
@@ -122,6 +126,7 @@ def score_level(
             final_lat += latencies
             settled_lat += settled_latencies_s(result.captions, result.send_log)
             utterances = [u for p in stream.placements for u in p.utterances]
+            speech_end_lat += speech_end_latencies_s(result.captions, utterances, result.send_log)
             d, m = caption_delays_s(utterances, result.captions, result.send_log)
             delays += d
             missing += m
@@ -163,6 +168,8 @@ def score_level(
         final_max_s=_round(max(final_lat, default=None) if final_lat else None),
         settled_p50_s=_round(percentile(settled_lat, 50)),
         settled_p95_s=_round(percentile(settled_lat, 95)),
+        speech_end_p50_s=_round(percentile(speech_end_lat, 50)),
+        speech_end_p95_s=_round(percentile(speech_end_lat, 95)),
         caption_delay_p50_s=_round(percentile(delays, 50)),
         caption_delay_p95_s=_round(percentile(delays, 95)),
         captions_missing=missing,
@@ -199,6 +206,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("final_p50_s", "final p50"),
     ("final_p95_s", "final p95"),
     ("settled_p95_s", "settled p95"),
+    ("speech_end_p95_s", "from speech p95"),
     ("caption_delay_p50_s", "caption p50"),
     ("caption_delay_p95_s", "caption p95"),
     ("interim_per_s_per_stream", "interim/s"),

@@ -19,6 +19,8 @@ from bench.metrics_calc import (
     normalise,
     percentile,
     settled_latencies_s,
+    speech_end_latencies_s,
+    speech_end_stream_s,
     transcript,
 )
 
@@ -168,3 +170,14 @@ def test_capacity_is_the_largest_level_within_latency_and_wer_bounds() -> None:
     assert meets(level(4, 1.0, 0.05, refusals=1), CapacityRule(allow_refusals=True))
     assert not meets(level(1, None, 0.05), rule)
     assert capacity([level(1, 2.0, 0.05)], rule) == 0
+
+
+def test_speech_end_latency_counts_the_wait_for_trailing_silence() -> None:
+    log = paced_log(60)  # 6 s
+    utterances = [Span(0.5, 2.0), Span(3.0, 5.5)]
+    assert speech_end_stream_s(2.6, utterances) == pytest.approx(2.0)  # ends in silence
+    assert speech_end_stream_s(4.0, utterances) == pytest.approx(4.0)  # cut mid-speech
+    assert speech_end_stream_s(0.3, utterances) == pytest.approx(0.3)  # before any speech
+    captions = [cap(102.9, 0.3, 2.6, "first"), cap(104.5, 2.6, 4.0, "second part")]
+    # 102.9 - sent(2.0)=102.0 ; 104.5 - sent(4.0)=104.0
+    assert speech_end_latencies_s(captions, utterances, log) == pytest.approx([0.9, 0.5])

@@ -49,6 +49,7 @@ def test_score_level_measures_latency_delay_wer_and_losses() -> None:
     assert (report.utterances, report.utterances_lost, report.finals) == (2, 0, 2)
     assert report.final_p50_s == pytest.approx(0.35)
     assert report.final_p95_s == pytest.approx(0.395)
+    assert report.speech_end_p50_s == pytest.approx(0.45)  # from speech ends 2.0 and 5.0
     assert report.caption_delay_p50_s == pytest.approx(1.05)
     assert report.captions_missing == 0
     assert report.wer == 0.0
