@@ -1,0 +1,160 @@
+"""The live-captioning page in real headless Chromium: fake microphone fed with JFK -> captions."""
+
+from __future__ import annotations
+
+import re
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, ServerProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "artifacts"
+CAPTION_TIMEOUT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+    ),
+]
+
+# Normalised text (lower case, letters and spaces only) of an element, for wait_for_function.
+NORMALISED_JS = """
+(selector) => (document.querySelector(selector)?.textContent || "")
+    .toLowerCase().replace(/[^a-z' ]+/g, " ").replace(/\\s+/g, " ")
+"""
+JFK_PHRASE = "ask not what your country can do for you"
+
+
+@pytest.fixture(scope="module")
+def fake_mic_wav(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """JFK with a second of silence on both sides (Chromium loops the file)."""
+    with wave.open(str(audio_dir / "jfk_inaugural.wav"), "rb") as source:
+        params = source.getparams()
+        frames = source.readframes(source.getnframes())
+    silence = b"\x00" * (params.sampwidth * params.nchannels * params.framerate)
+    path = tmp_path_factory.mktemp("fake-mic") / "jfk-mic.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        out.writeframes(silence + frames + silence)
+    return path
+
+
+@pytest.fixture
+def browser(fake_mic_wav: Path) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright gives every launch a fresh temporary profile (it refuses --user-data-dir).
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={fake_mic_wav}",
+                "--autoplay-policy=no-user-gesture-required",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser: object, server: ServerProcess) -> tuple[object, list[str]]:
+    from playwright.sync_api import Browser
+
+    assert isinstance(browser, Browser)
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(server.http_url + "/")
+    page.wait_for_function("() => document.querySelector('#status')?.dataset.state === 'idle'")
+    return page, errors
+
+
+def text_of(page: object, selector: str) -> str:
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    return str(page.evaluate(NORMALISED_JS, selector))
+
+
+def test_page_captions_jfk_from_fake_microphone(browser: object, server: ServerProcess) -> None:
+    from playwright.sync_api import Page
+
+    page, errors = open_page(browser, server)
+    assert isinstance(page, Page)
+    assert page.locator("#language-field").is_hidden(), "tiny.en is English-only"
+    page.click("#start")
+    page.wait_for_function(
+        f"""() => {{
+            const norm = {NORMALISED_JS};
+            return norm("#transcript").includes("{JFK_PHRASE}")
+                && norm("#captions").includes("your country");
+        }}""",
+        timeout=CAPTION_TIMEOUT_MS,
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-captions.png"), full_page=True)
+
+    assert page.locator("#status").get_attribute("data-state") == "live"
+    latency_s = float(page.locator("#latency").get_attribute("data-seconds") or "nan")
+    assert 0.0 <= latency_s < 30.0
+    assert re.fullmatch(r"\d\d:\d\d", page.locator("#transcript li time").first.inner_text())
+
+    with page.expect_download() as download_info:
+        page.click("#download-srt")
+    srt = Path(download_info.value.path()).read_text(encoding="utf-8")
+    assert re.search(r"^1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n\S", srt)
+    assert "country" in srt.lower()
+
+    page.click("#stop")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
+    )
+    assert JFK_PHRASE in text_of(page, "#transcript")
+    assert errors == []
+
+
+def test_page_sends_api_key_as_subprotocol(
+    browser: object, server_factory: Callable[..., ServerProcess]
+) -> None:
+    from playwright.sync_api import Page
+
+    keyed = server_factory("--api-key", "page-key_1")
+    page, _ = open_page(browser, keyed)
+    assert isinstance(page, Page)
+
+    page.fill("#api-key", "wrong-key")
+    page.click("#start")
+    page.wait_for_function("() => document.querySelector('#status').dataset.state === 'error'")
+    assert "API key" in page.locator("#message").inner_text()
+
+    page.fill("#api-key", "page-key_1")
+    page.click("#start")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'live'", timeout=60_000
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#transcript').textContent.trim().length > 0",
+        timeout=CAPTION_TIMEOUT_MS,
+    )
+    page.click("#stop")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
+    )
