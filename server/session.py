@@ -262,10 +262,6 @@ class Session:
     # ------------------------------------------------------------------ audio path
 
     def _finish_decoder(self) -> list[Action]:
-        try:
-            samples = self._decoder.finish()
-        except ContainerDecodeError as exc:
-            return self.fail("INVALID_AUDIO", str(exc), CLOSE_INVALID_DATA)
         actions: list[Action] = []
         if isinstance(self._decoder, Linear16Decoder) and self._decoder.leftover_bytes:
             actions.append(
@@ -277,6 +273,10 @@ class Session:
                     )
                 )
             )
+        try:
+            samples = self._decoder.finish()
+        except ContainerDecodeError as exc:
+            return self.fail("INVALID_AUDIO", str(exc), CLOSE_INVALID_DATA)
         return actions + self._push_samples(samples)
 
     def _push_samples(self, samples: npt.NDArray[np.float32]) -> list[Action]:
