@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import urllib.error
 import urllib.request
@@ -75,7 +76,7 @@ async def test_shared_audio_wer_within_two_points_of_offline(
         assert_clean_close(outcome)
         finals = outcome.finals
         assert finals, "every shared file holds speech"
-        for a, b in zip(finals, finals[1:], strict=False):
+        for a, b in itertools.pairwise(finals):
             assert a["start"] + a["duration"] <= b["start"] + 1e-6, "finals must not overlap"
         for final in finals:
             words = final["channel"]["alternatives"][0]["words"]
@@ -287,7 +288,7 @@ def test_http_endpoints(server: ServerProcess) -> None:
     assert status == 404 and isinstance(body, dict) and "error" in body
     status, body, _ = get(server.http_url + "/v1/listen")
     assert status == 426
-    status, body, kind = get(server.http_url + "/metrics")
+    status, body, _kind = get(server.http_url + "/metrics")
     assert status == 200 and "streamscribe_sessions_active" in str(body)
 
 
