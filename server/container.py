@@ -319,8 +319,9 @@ class _Resampler:
 
 
 def _mono(frame: av.AudioFrame) -> Samples:
-    array: Samples = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-    return array
+    # A packed mono float frame is one plane; reading it directly skips to_ndarray's vstack.
+    # The plane may be padded past the last sample, hence count. The copy frees the frame.
+    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples).copy()
 
 
 def _run_worker(pipe: _Pipe, fmt: ContainerFormat) -> None:
