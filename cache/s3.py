@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 
 from cache.errors import ConfigError, RemoteError
 
@@ -168,8 +169,7 @@ async def open_client(settings: S3Settings, transfer: TransferConfig) -> AsyncIt
         connect_timeout=transfer.connect_timeout_s,
         read_timeout=transfer.read_timeout_s,
     )
-    session = get_session()
-    async with session.create_client(
+    async with _session().create_client(
         "s3",
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,
@@ -178,6 +178,12 @@ async def open_client(settings: S3Settings, transfer: TransferConfig) -> AsyncIt
         config=config,
     ) as client:
         yield client
+
+
+@functools.cache
+def _session() -> AioSession:
+    """One botocore session per process: it caches the parsed service models between clients."""
+    return get_session()
 
 
 def is_retryable(exc: BaseException) -> bool:
