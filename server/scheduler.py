@@ -1,9 +1,10 @@
 """The batching scheduler: one queue for all sessions, finals first, fair across sessions.
 
 `BatchQueue` is the pure policy (no threads, no clock of its own):
-- finals before interims; among finals, each session's oldest first, round-robin across
-  sessions (a session uploading at 20x real time queues many finals; it gets its turn
-  but cannot starve live sessions, whose single final is at the front of its round);
+- finals before interims; among finals, start-time fair queuing across sessions: a
+  final's virtual start is one past the later of its session's previous final and the
+  last one served, so a session uploading at 20x real time queues many finals and gets
+  its turn, but a live session's single final goes into the very next round;
 - a session's newer interim request replaces its queued older one (coalescing);
 - a batch holds requests of one batch key (what the engine can share a call for) and
   closes when full or when its oldest request's wait reaches `batch_wait_ms`.
@@ -48,6 +49,7 @@ class Job(Generic[Req, Res]):
     enqueued_s: float
     on_done: Callable[[Res | BaseException], None]
     seq: int = 0
+    vstart: int = 0
     cancelled: bool = False
 
 
@@ -60,6 +62,8 @@ class BatchQueue(Generic[Req, Res]):
     _finals: list[Job[Req, Res]] = field(default_factory=list)
     _interims: dict[str, Job[Req, Res]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _vnow: int = 0
+    _vlast: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._finals) + len(self._interims)
@@ -72,6 +76,8 @@ class BatchQueue(Generic[Req, Res]):
         """Queue a job; returns the interim it replaced, if any."""
         job.seq = next(self._seq)
         if job.final:
+            job.vstart = max(self._vnow, self._vlast.get(job.session_id, 0)) + 1
+            self._vlast[job.session_id] = job.vstart
             self._finals.append(job)
             return None
         replaced = self._interims.pop(job.session_id, None)
@@ -83,35 +89,29 @@ class BatchQueue(Generic[Req, Res]):
         gone = [j for j in self._finals if j.session_id == session_id]
         self._finals = [j for j in self._finals if j.session_id != session_id]
         interim = self._interims.pop(session_id, None)
+        self._vlast.pop(session_id, None)
         return [*gone, *([interim] if interim else [])]
-
-    def _ordered_finals(self) -> list[Job[Req, Res]]:
-        rank: dict[str, int] = {}
-        keyed: list[tuple[int, int, Job[Req, Res]]] = []
-        for job in self._finals:  # already in arrival order
-            r = rank.get(job.session_id, 0)
-            rank[job.session_id] = r + 1
-            keyed.append((r, job.seq, job))
-        keyed.sort(key=lambda t: (t[0], t[1]))
-        return [job for _, _, job in keyed]
 
     def next_batch(
         self, now_s: float, *, allow_interims: bool = True
     ) -> tuple[list[Job[Req, Res]], float | None]:
         """Pop the next batch if one is due; else return ([], seconds until one is due or None)."""
-        candidates = self._ordered_finals()
+        candidates = sorted(self._finals, key=lambda j: (j.vstart, j.seq))
         if allow_interims:
             candidates += sorted(self._interims.values(), key=lambda j: j.seq)
         if not candidates:
             return [], None
         head = candidates[0]
-        same = [j for j in candidates if j.batch_key == head.batch_key][: self.max_batch]
+        same = [j for j in candidates if j.final == head.final and j.batch_key == head.batch_key][
+            : self.max_batch
+        ]
         waited_s = now_s - min(j.enqueued_s for j in same)
         if len(same) < self.max_batch and waited_s < self.batch_wait_s:
             return [], self.batch_wait_s - waited_s
         for job in same:
             if job.final:
                 self._finals.remove(job)
+                self._vnow = max(self._vnow, job.vstart)
             else:
                 del self._interims[job.session_id]
         return same, None

@@ -1,0 +1,151 @@
+"""The batching scheduler: the pure queue policy, then the worker threads with a stand-in engine."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+from server.scheduler import BatchQueue, Job, Scheduler
+
+
+def job(session: str, final: bool, t: float, key: str = "en", payload: str = "") -> Job[str, str]:
+    return Job(session, final, payload or f"{session}-{t}", key, t, lambda _: None)
+
+
+def test_finals_first_then_interims() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=8)
+    q.submit(job("a", False, 0.0))
+    q.submit(job("b", True, 1.0))
+    batch, _ = q.next_batch(2.0)
+    assert [j.request for j in batch] == ["b-1.0"]
+    batch, _ = q.next_batch(2.0)
+    assert [j.request for j in batch] == ["a-0.0"]
+
+
+def test_newer_interim_replaces_older() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=8)
+    q.submit(job("a", False, 0.0))
+    replaced = q.submit(job("a", False, 1.0))
+    assert replaced is not None and replaced.request == "a-0.0"
+    assert len(q) == 1
+
+
+def test_round_robin_across_sessions_for_finals() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1)
+    for t in range(5):  # a fast uploader queues five finals first
+        q.submit(job("bulk", True, float(t)))
+    q.submit(job("live", True, 10.0))
+    order = [q.next_batch(11.0)[0][0].session_id for _ in range(6)]
+    assert order[:2] == ["bulk", "live"], "the live session's first final is in round one"
+
+
+def test_batches_share_a_key_and_respect_max() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=2)
+    q.submit(job("a", True, 0.0, key="en"))
+    q.submit(job("b", True, 0.1, key="fr"))
+    q.submit(job("c", True, 0.2, key="en"))
+    q.submit(job("d", True, 0.3, key="en"))
+    batch, _ = q.next_batch(1.0)
+    assert [j.session_id for j in batch] == ["a", "c"]
+    batch, _ = q.next_batch(1.0)
+    assert [j.session_id for j in batch] == ["b"]
+
+
+def test_partial_batch_waits_until_deadline() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=4, batch_wait_s=0.05)
+    q.submit(job("a", True, 1.0))
+    batch, wait = q.next_batch(1.01)
+    assert batch == [] and wait is not None and abs(wait - 0.04) < 1e-9
+    batch, _ = q.next_batch(1.05)
+    assert len(batch) == 1
+
+
+def test_interims_can_be_held_back() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=4)
+    q.submit(job("a", False, 0.0))
+    assert q.next_batch(1.0, allow_interims=False) == ([], None)
+
+
+def test_drop_session() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=4)
+    q.submit(job("a", True, 0.0))
+    q.submit(job("a", False, 0.0))
+    q.submit(job("b", True, 0.0))
+    assert len(q.drop_session("a")) == 2 and len(q) == 1
+
+
+class GatedEngine:
+    """Stand-in transcriber: records each call and blocks until the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = threading.Semaphore(0)
+        self.gates: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def gate(self, request: str) -> threading.Event:
+        with self.lock:
+            return self.gates.setdefault(request, threading.Event())
+
+    def transcribe_batch(self, requests: Sequence[str]) -> list[str]:
+        with self.lock:
+            self.calls.append(list(requests))
+        self.entered.release()
+        for r in requests:
+            assert self.gate(r).wait(10)
+            if r.startswith("boom"):
+                raise RuntimeError("engine failure")
+        return [r.upper() for r in requests]
+
+
+async def test_one_worker_stays_free_for_finals() -> None:
+    engine = GatedEngine()
+    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
+    scheduler.start()
+    loop = asyncio.get_running_loop()
+    results: dict[str, asyncio.Future[object]] = {}
+
+    def submit(session: str, request: str, final: bool) -> None:
+        fut: asyncio.Future[object] = loop.create_future()
+        results[request] = fut
+        scheduler.submit(
+            loop, session, request, final=final, batch_key="en", on_done=fut.set_result
+        )
+
+    try:
+        submit("s1", "i1", final=False)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        submit("s2", "i2", final=False)
+        submit("s3", "f3", final=True)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        assert engine.calls[1] == ["f3"], "the second worker took the final, not the interim"
+        engine.gate("f3").set()
+        assert await asyncio.wait_for(results["f3"], 5) == "F3"
+        engine.gate("i1").set()
+        engine.gate("i2").set()
+        assert await asyncio.wait_for(results["i2"], 5) == "I2"
+        assert await asyncio.wait_for(results["i1"], 5) == "I1"
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        scheduler.stop()
+
+
+async def test_failed_batch_retries_items_singly() -> None:
+    engine = GatedEngine()
+    for name in ("ok", "boom"):
+        engine.gate(name).set()
+    scheduler: Scheduler[str, str] = Scheduler(engine, workers=1, max_batch=4, batch_wait_ms=50)
+    loop = asyncio.get_running_loop()
+    futures = {name: loop.create_future() for name in ("ok", "boom")}
+    for name, fut in futures.items():
+        scheduler.submit(loop, name, name, final=True, batch_key="en", on_done=fut.set_result)
+    scheduler.start()
+    try:
+        assert await asyncio.wait_for(futures["ok"], 5) == "OK"
+        failure = await asyncio.wait_for(futures["boom"], 5)
+        assert isinstance(failure, RuntimeError)
+        assert engine.calls[0] == ["ok", "boom"], "both went in one batch first"
+    finally:
+        scheduler.stop()

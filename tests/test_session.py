@@ -1,0 +1,167 @@
+"""The pure Session state machine driven with real speech and the real WebRTC classifier.
+
+Transcription results are inputs of the state machine, so the tests hand them in directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.asr import AsrResult, AsrWord
+from server.protocol import (
+    CloseStream,
+    Finalize,
+    KeepAlive,
+    Metadata,
+    ModelInfo,
+    Results,
+    StreamOptions,
+)
+from server.session import Action, Close, Send, Session, SessionConfig, State, Transcribe
+from tests.conftest import AUDIO_DIR
+from tests.wsclient import chunks, pcm16, read_wav
+from vad.webrtc import WebRtcClassifier
+
+MODEL = ModelInfo("tiny.en", "cpu-int8", "whisper", "u")
+SILENCE_1S = bytes(32000)
+
+
+def new_session(**options: object) -> Session:
+    return Session(
+        request_id="r",
+        options=StreamOptions(**options),  # type: ignore[arg-type]
+        config=SessionConfig(),
+        classifier=WebRtcClassifier(),
+        model=MODEL,
+    )
+
+
+def speech() -> bytes:
+    pcm, _, _ = read_wav(Path(AUDIO_DIR) / "jfk_inaugural.wav")
+    return pcm
+
+
+def feed(session: Session, data: bytes, sizes: list[int]) -> list[Action]:
+    actions: list[Action] = []
+    for piece in chunks(data, sizes):
+        actions += session.feed_audio(piece)
+    return actions
+
+
+def transcribes(actions: list[Action]) -> list[Transcribe]:
+    return [a for a in actions if isinstance(a, Transcribe)]
+
+
+def sent(actions: list[Action], kind: type) -> list[object]:
+    return [a.message for a in actions if isinstance(a, Send) and isinstance(a.message, kind)]
+
+
+def result(text: str, start: float = 0.1) -> AsrResult:
+    words = tuple(
+        AsrWord(" " + w, start + 0.3 * i, start + 0.3 * i + 0.25, 0.9)
+        for i, w in enumerate(text.split())
+    )
+    return AsrResult(text=text, words=words, avg_logprob=-0.2)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=6))
+def test_requests_do_not_depend_on_chunking(sizes: list[int]) -> None:
+    data = speech() + SILENCE_1S
+    reference = transcribes(feed(new_session(encoding="linear16"), data, [3200]))
+    other = transcribes(feed(new_session(encoding="linear16"), data, sizes))
+    assert len(reference) == len(other) >= 2
+    for a, b in zip(reference, other, strict=True):
+        assert np.array_equal(a.request.audio, b.request.audio)
+
+
+def test_finals_are_released_in_order_and_close_waits_for_them() -> None:
+    session = new_session(encoding="linear16")
+    actions = feed(session, speech() + SILENCE_1S, [4000])
+    actions += session.control(CloseStream())
+    finals = [t for t in transcribes(actions) if t.request.final]
+    assert len(finals) >= 2 and session.state is State.CLOSING
+    assert not any(isinstance(a, Close) for a in actions)
+    # Results arrive newest first: nothing may be sent until the oldest is in.
+    later = session.on_result(finals[-1].ticket, result("ask what you can do"))
+    assert sent(later, Results) == []
+    out: list[Action] = []
+    for t in finals[:-1]:
+        out += session.on_result(t.ticket, result("and so my fellow americans"))
+    messages = [a.message for a in out if isinstance(a, Send)]
+    texts = [m.transcript for m in messages if isinstance(m, Results)]
+    assert texts[-1] == "ask what you can do"
+    starts = [m.start_s for m in messages if isinstance(m, Results)]
+    assert starts == sorted(starts)
+    assert isinstance(messages[-1], Metadata)
+    assert isinstance(out[-1], Close) and out[-1].code == 1000
+    assert session.state is State.CLOSED
+
+
+def test_empty_results_send_no_final() -> None:
+    session = new_session(encoding="linear16")
+    actions = feed(session, speech() + SILENCE_1S, [4000])
+    out: list[Action] = []
+    for t in transcribes(actions):
+        out += session.on_result(t.ticket, AsrResult(text="", rejected="no_speech"))
+    assert sent(out, Results) == []
+
+
+def test_finalize_flags_and_word_times_in_stream_time() -> None:
+    session = new_session(encoding="linear16")
+    head = speech()[: 32000 * 2]
+    actions = feed(session, SILENCE_1S + head, [3200]) + session.control(Finalize())
+    (final,) = transcribes(actions)
+    out = session.on_result(final.ticket, result("and so"))
+    (message,) = sent(out, Results)
+    assert isinstance(message, Results)
+    assert message.is_final and message.from_finalize and not message.speech_final
+    assert 0.6 <= message.start_s <= 1.0, "pre-roll reaches back before the onset at 1 s"
+    assert message.words[0].start_s >= message.start_s
+    assert message.words[0].punctuated_word == "and" and message.words[0].word == "and"
+    assert session.state is State.OPEN
+
+
+def test_shutdown_finalizes_and_closes_with_1001() -> None:
+    session = new_session(encoding="linear16")
+    actions = feed(session, speech()[: 32000 * 2], [3200]) + session.shutdown()
+    (final,) = transcribes(actions)
+    assert session.feed_audio(speech()) == [], "audio after the drain began is not transcribed"
+    out = session.on_result(final.ticket, result("and so"))
+    assert isinstance(out[-1], Close) and out[-1].code == 1001
+
+
+def test_interims_on_stream_time_cadence_and_dropped_once_final() -> None:
+    session = new_session(encoding="linear16", interim_results=True)
+    actions = feed(session, speech()[: 32000 * 2], [3200])
+    (interim,) = transcribes(actions)
+    assert not interim.request.final
+    out = session.on_result(interim.ticket, AsrResult(text="And so"))
+    (message,) = sent(out, Results)
+    assert isinstance(message, Results) and not message.is_final and message.words == ()
+    # The next interim was asked for at once (enough audio accrued while the first ran).
+    (nxt,) = transcribes(out)
+    finals = transcribes(session.control(Finalize()))
+    assert sent(session.on_result(nxt.ticket, AsrResult(text="And so my")), Results) == []
+    assert len(finals) == 1
+
+
+def test_keepalive_and_silence_do_nothing() -> None:
+    session = new_session(encoding="linear16", vad_events=True)
+    assert session.control(KeepAlive()) == []
+    assert feed(session, SILENCE_1S * 3, [640]) == []
+    noise = pcm16(np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.001)
+    assert transcribes(feed(session, noise, [640])) == []
+
+
+def test_failure_result_ends_session_with_1011() -> None:
+    session = new_session(encoding="linear16")
+    actions = feed(session, speech() + SILENCE_1S, [4000])
+    out = session.on_result(transcribes(actions)[0].ticket, RuntimeError("boom"))
+    assert isinstance(out[-1], Close) and out[-1].code == 1011
+    errors = [a.message for a in out if isinstance(a, Send)]
+    assert "boom" not in str(errors), "internal details never reach a client"
