@@ -154,7 +154,9 @@ def _refusal_detail(exc: InvalidStatus) -> str:
         if isinstance(data, dict):
             for key in ("message", "error", "detail"):
                 if isinstance(data.get(key), str):
-                    return str(data[key])
+                    parameter = data.get("parameter")
+                    prefix = f"{parameter}: " if isinstance(parameter, str) else ""
+                    return prefix + str(data[key])
     return text[:300] or exc.response.reason_phrase
 
 
