@@ -72,10 +72,20 @@ class ContainerDecodeError(Exception):
 
 @dataclass(frozen=True)
 class ContainerFormat:
-    """A recognised container: FFmpeg's demuxer name and the name people know it by."""
+    """A recognised container: the FFmpeg demuxer to use and the name people know it by.
+
+    For plain PCM WAV the header is read here and FFmpeg gets only the samples, through a
+    raw PCM demuxer (``demuxer_options`` say rate and channels): FFmpeg's own WAV demuxer
+    first reads 64 KiB to look for S/PDIF data, two seconds of 16 kHz mono, before it
+    returns any audio. ``skip_bytes`` is the header length; ``data_bytes`` the length of the
+    samples when the header states it (a live stream's header may not).
+    """
 
     demuxer: str
     name: str
+    demuxer_options: tuple[tuple[str, str], ...] = ()
+    skip_bytes: int = 0
+    data_bytes: int | None = None
 
 
 # --------------------------------------------------------------------------- sniffing
@@ -131,7 +141,7 @@ def _detect(head: bytes, *, final: bool) -> ContainerFormat | None:
     if len(head) < 12:
         return None
     if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
-        return ContainerFormat("wav", "wav")
+        return _wav(head, final=final)
     if head[:4] == b"OggS":
         return ContainerFormat("ogg", "ogg")
     if head[:4] == b"fLaC":
@@ -167,6 +177,75 @@ def _detect(head: bytes, *, final: bool) -> ContainerFormat | None:
         if second is not None and second[1] == kind:
             return ContainerFormat("mp3", "mp3")
     raise ContainerDecodeError(SUPPORTED_HELP)
+
+
+# (WAVE format tag, bits per sample) -> FFmpeg's raw PCM demuxer
+_WAV_RAW_DEMUXERS = {
+    (1, 8): "u8",
+    (1, 16): "s16le",
+    (1, 24): "s24le",
+    (1, 32): "s32le",
+    (3, 32): "f32le",
+    (3, 64): "f64le",
+    (6, 8): "alaw",
+    (7, 8): "mulaw",
+}
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
+
+
+def _wav(head: bytes, *, final: bool) -> ContainerFormat | None:
+    """Plain PCM WAV as a raw PCM stream past its header; anything else to FFmpeg's demuxer."""
+    ffmpeg_wav = ContainerFormat("wav", "wav")
+    pos = 12
+    raw: ContainerFormat | None = None
+    while True:
+        if len(head) < pos + 8:
+            return ffmpeg_wav if final else None
+        chunk_id = head[pos : pos + 4]
+        size = int.from_bytes(head[pos + 4 : pos + 8], "little")
+        body = pos + 8
+        if chunk_id == b"data":
+            if raw is None:
+                return ffmpeg_wav
+            known = head[:4] == b"RIFF" and size not in _UNKNOWN_WAV_SIZES
+            return ContainerFormat(
+                raw.demuxer,
+                "wav",
+                raw.demuxer_options,
+                skip_bytes=body,
+                data_bytes=size if known else None,
+            )
+        if chunk_id == b"fmt ":
+            if size < 16 or size > 1024:
+                return ffmpeg_wav
+            if len(head) < body + size:
+                return ffmpeg_wav if final else None
+            raw = _wav_raw_format(head[body : body + size])
+            if raw is None:
+                return ffmpeg_wav
+        pos = body + size + (size & 1)
+
+
+def _wav_raw_format(fmt: bytes) -> ContainerFormat | None:
+    """The raw PCM demuxer for a WAV 'fmt ' chunk; None where FFmpeg's WAV demuxer must decode."""
+    tag = int.from_bytes(fmt[0:2], "little")
+    channels = int.from_bytes(fmt[2:4], "little")
+    rate_hz = int.from_bytes(fmt[4:8], "little")
+    bits = int.from_bytes(fmt[14:16], "little")
+    layout = f"{channels}C"  # what FFmpeg's WAV demuxer reports: channels in unknown order
+    if tag == _WAVE_FORMAT_EXTENSIBLE:
+        if len(fmt) < 40:
+            return None
+        mask = int.from_bytes(fmt[20:24], "little")
+        tag = int.from_bytes(fmt[24:26], "little")  # the sub-format GUID starts with the tag
+        if mask and mask.bit_count() == channels:
+            layout = f"0x{mask:x}"
+    demuxer = _WAV_RAW_DEMUXERS.get((tag, bits))
+    if demuxer is None or not 1 <= channels <= 64 or not 1000 <= rate_hz <= 768_000:
+        return None
+    options = (("sample_rate", str(rate_hz)), ("ch_layout", layout))
+    return ContainerFormat(demuxer, "wav", options)
 
 
 # --------------------------------------------------------------------------- the pipe
@@ -350,7 +429,12 @@ def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
             format=fmt.demuxer,
             buffer_size=_READ_BUFFER_BYTES,
             metadata_errors="ignore",
-            container_options={"analyzeduration": "100000", "probesize": "2048"},
+            # Do not read seconds of audio to learn what the header already says.
+            container_options={
+                "analyzeduration": "100000",
+                "probesize": "32768",
+                **dict(fmt.demuxer_options),
+            },
         )
     except av.error.FFmpegError as exc:
         if pipe.aborted or pipe.unproductive:
@@ -452,6 +536,7 @@ class ContainerDecoder:
         self._thread: threading.Thread | None = None
         self._error: ContainerDecodeError | None = None
         self._finished = False
+        self._data_left: int | None = None  # bytes of samples still expected (WAV)
         self._closer: weakref.finalize[[], ContainerDecoder] | None = None
 
     @property
@@ -478,7 +563,7 @@ class ContainerDecoder:
                     )
                 return _EMPTY
         else:
-            self._pipe.put(bytes(data))
+            self._put(bytes(data))
         return self._collect()
 
     def finish(self) -> Samples:
@@ -528,9 +613,19 @@ class ContainerDecoder:
         # and its worker told to stop.
         self._closer = weakref.finalize(self, pipe.abort)
         thread.start()
-        pipe.put(bytes(self._head))
-        self._head = bytearray()
+        self._data_left = fmt.data_bytes
+        head, self._head = bytes(self._head[fmt.skip_bytes :]), bytearray()
+        self._put(head)
         return True
+
+    def _put(self, data: bytes) -> None:
+        """Hand bytes to the worker, less any past the end the header announced."""
+        assert self._pipe is not None
+        if self._data_left is not None:
+            data = data[: self._data_left]
+            self._data_left -= len(data)
+        if data:
+            self._pipe.put(data)
 
     def _collect(self) -> Samples:
         assert self._pipe is not None

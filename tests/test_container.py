@@ -84,6 +84,20 @@ def _stereo_source(audio_dir: Path) -> npt.NDArray[np.float32]:
 
 def _encode(stereo: npt.NDArray[np.float32], kind: str) -> Encoded:
     muxer, codec, rate_hz, options = _SPECS[kind]
+    return Encoded(kind, _encode_writes(stereo, muxer, codec, rate_hz, options))
+
+
+def _encode_with(stereo: npt.NDArray[np.float32], muxer: str, codec: str, rate_hz: int) -> bytes:
+    return b"".join(_encode_writes(stereo, muxer, codec, rate_hz, {}))
+
+
+def _encode_writes(
+    stereo: npt.NDArray[np.float32],
+    muxer: str,
+    codec: str,
+    rate_hz: int,
+    options: dict[str, str],
+) -> list[bytes]:
     sink = _Sink()
     with av.open(sink, "w", format=muxer, options=options) as out:
         stream = out.add_stream(codec, rate=rate_hz, layout="stereo")
@@ -102,7 +116,7 @@ def _encode(stereo: npt.NDArray[np.float32], kind: str) -> Encoded:
         for converted in resampler.resample(None):
             out.mux(stream.encode(converted))
         out.mux(stream.encode(None))
-    return Encoded(kind, sink.writes)
+    return sink.writes
 
 
 def one_shot(data: bytes) -> Samples:
@@ -235,6 +249,133 @@ def test_plain_16k_mono_wav_file(audio_dir: Path, source_16k: Samples) -> None:
     got = joined(outputs, decoder.finish())
     assert decoder.format_name == "wav"
     np.testing.assert_allclose(got, source_16k, atol=1e-6)
+
+
+def make_wav(
+    samples: bytes,
+    *,
+    tag: int,
+    channels: int,
+    rate_hz: int,
+    bits: int,
+    mask: int | None = None,
+    data_size: int | None = None,
+    before_data: bytes = b"",
+    after_data: bytes = b"",
+) -> bytes:
+    """A WAV file; ``mask`` makes it WAVE_FORMAT_EXTENSIBLE with that channel mask."""
+    block_align = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate_hz, rate_hz * block_align, block_align, bits)
+    if mask is not None:
+        guid_tail = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+        fmt = struct.pack(
+            "<HHIIHH", 0xFFFE, channels, rate_hz, rate_hz * block_align, block_align, bits
+        )
+        fmt += struct.pack("<HHI", 22, bits, mask) + struct.pack("<H", tag) + guid_tail
+    size = len(samples) if data_size is None else data_size
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + before_data
+    body += b"data" + struct.pack("<I", size) + samples + after_data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _pcm(source: Samples, fmt: str, channels: int) -> bytes:
+    signal = np.repeat(source[:, None] * 0.9, channels, axis=1)
+    signal[:, 1:] *= RIGHT_GAIN
+    if fmt == "u8":
+        return (signal * 127 + 128).astype(np.uint8).tobytes()
+    if fmt == "s16":
+        return (signal * 32767).astype("<i2").tobytes()
+    if fmt == "s24":
+        wide = (signal * 8_388_607).astype("<i4").reshape(-1, 1).view(np.uint8)
+        return wide[:, :3].tobytes()
+    if fmt == "s32":
+        return (signal * 2_147_483_000).astype("<i4").tobytes()
+    if fmt == "f32":
+        return signal.astype("<f4").tobytes()
+    if fmt == "f64":
+        return signal.astype("<f8").tobytes()
+    if fmt == "mulaw":  # any byte is a valid mu-law code
+        return ((signal * 127).astype(np.int8).view(np.uint8)).tobytes()
+    raise AssertionError(fmt)
+
+
+# (sample format, WAVE tag, bits, channels, rate, extensible channel mask, raw demuxer)
+_WAV_VARIANTS = [
+    ("s16", 1, 16, 1, 16_000, None, "s16le"),
+    ("u8", 1, 8, 1, 8_000, None, "u8"),
+    ("s24", 1, 24, 2, 48_000, None, "s24le"),
+    ("s32", 1, 32, 2, 44_100, 0x3, "s32le"),
+    ("f32", 3, 32, 2, 44_100, 0x3, "f32le"),
+    ("f64", 3, 64, 1, 22_050, None, "f64le"),
+    ("mulaw", 7, 8, 1, 8_000, None, "mulaw"),
+]
+
+
+@pytest.mark.parametrize(
+    ("sample_fmt", "tag", "bits", "channels", "rate_hz", "mask", "demuxer"),
+    _WAV_VARIANTS,
+    ids=[v[0] for v in _WAV_VARIANTS],
+)
+def test_pcm_wav_variants_equal_ffmpegs_wav_demuxer(
+    source_16k: Samples,
+    sample_fmt: str,
+    tag: int,
+    bits: int,
+    channels: int,
+    rate_hz: int,
+    mask: int | None,
+    demuxer: str,
+) -> None:
+    """Plain PCM WAV goes through our header parser and a raw demuxer: same samples."""
+    # The 16 kHz source is relabelled at rate_hz: the test is about bytes, not pitch.
+    pcm = _pcm(source_16k[:40_000], sample_fmt, channels)
+    wav = make_wav(pcm, tag=tag, channels=channels, rate_hz=rate_hz, bits=bits, mask=mask)
+    fmt = detect_container(wav[:4096])
+    assert fmt is not None and fmt.demuxer == demuxer
+    outputs, tail = decode_in_chunks(chunks_of(wav, 1500))
+    np.testing.assert_array_equal(joined(outputs, tail), one_shot(wav))
+
+
+def test_wav_chunks_around_the_data_are_not_decoded_as_samples(source_16k: Samples) -> None:
+    pcm = _pcm(source_16k, "s16", 1)
+    junk = b"LIST" + struct.pack("<I", 2000) + b"\x7f" * 2000
+    wav = make_wav(
+        pcm, tag=1, channels=1, rate_hz=16_000, bits=16, before_data=junk, after_data=junk
+    )
+    outputs, tail = decode_in_chunks(chunks_of(wav, 4096))
+    got = joined(outputs, tail)
+    assert len(got) == len(source_16k)
+    np.testing.assert_array_equal(got, one_shot(wav))
+
+
+@pytest.mark.parametrize("data_size", [0, 0xFFFFFFFF])
+def test_streaming_wav_header_without_a_length(source_16k: Samples, data_size: int) -> None:
+    pcm = _pcm(source_16k, "s16", 1)
+    wav = make_wav(pcm, tag=1, channels=1, rate_hz=16_000, bits=16, data_size=data_size)
+    outputs, tail = decode_in_chunks(chunks_of(wav, 4096))
+    assert len(joined(outputs, tail)) == len(source_16k)
+
+
+def test_non_pcm_wav_is_left_to_ffmpeg(stereo: npt.NDArray[np.float32]) -> None:
+    """MS ADPCM in WAV: our parser steps aside and FFmpeg's WAV demuxer decodes it."""
+    data = _encode_with(stereo[:, :88_200], "wav", "adpcm_ms", 44_100)
+    fmt = detect_container(data[:4096])
+    assert fmt is not None and fmt.demuxer == "wav"
+    outputs, tail = decode_in_chunks(chunks_of(data, 997))
+    got = joined(outputs, tail)
+    assert abs(len(got) - 32_000) < 0.05 * SAMPLE_RATE_HZ  # ADPCM pads its last block
+    np.testing.assert_array_equal(got, one_shot(data))
+
+
+def test_live_wav_stream_starts_within_a_tenth_of_a_second(audio_dir: Path) -> None:
+    """A 16 kHz mono WAV streamed in 10 ms pieces: audio comes out after about 0.1 s."""
+    data = (audio_dir / "jfk_inaugural.wav").read_bytes()
+    decoder = ContainerDecoder()
+    for fed in range(320, len(data), 320):
+        if len(decoder.feed(data[fed - 320 : fed])):
+            break
+    assert fed / 32_000 < 0.15
+    decoder.close()
 
 
 # --------------------------------------------------------------------------- incremental output
@@ -424,13 +565,18 @@ def test_feed_after_finish_is_a_programming_error(short_webm: Encoded) -> None:
 
 
 def test_detect_container_needs_only_a_few_bytes(encoded: dict[str, Encoded]) -> None:
-    assert detect_container(encoded["wav"].data[:11]) is None
-    fmt = detect_container(encoded["wav"].data[:12])
-    assert fmt is not None and fmt.name == "wav"
+    assert detect_container(encoded["ogg"].data[:11]) is None
+    ogg = detect_container(encoded["ogg"].data[:12])
+    assert ogg is not None and ogg.name == "ogg"
     webm = detect_container(encoded["webm"].data[:64])
     assert webm is not None and (webm.demuxer, webm.name) == ("matroska", "webm")
     mp3 = detect_container(encoded["mp3"].data[:4096])
     assert mp3 is not None and mp3.name == "mp3"
+    # A WAV is read up to its data chunk: 44 bytes for a plain one.
+    wav = make_wav(bytes(320), tag=1, channels=1, rate_hz=16_000, bits=16)
+    assert detect_container(wav[:43]) is None
+    fmt = detect_container(wav[:44])
+    assert fmt is not None and (fmt.demuxer, fmt.skip_bytes, fmt.data_bytes) == ("s16le", 44, 320)
 
 
 def test_detect_container_refuses_almost_mp3() -> None:
