@@ -458,10 +458,8 @@ def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
                 f"the {fmt.name} stream's audio codec is not supported; {SUPPORTED_HELP}"
             )
         resampler = _Resampler()
-        decoded_any = False
         decode_errors = 0
         demux_errors = 0
-        truncated = False
         while True:
             try:
                 for packet in container.demux(stream):
@@ -481,14 +479,13 @@ def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
                     decode_errors = 0
                     for frame in frames:
                         for samples in resampler.push(frame):
-                            decoded_any = True
                             pipe.emit(samples)
                 break
             except av.error.FFmpegError as exc:
                 if pipe.aborted:
                     return
                 if pipe.end_of_input or pipe.unproductive:
-                    truncated = True
+                    # A truncated stream: keep what was decodable.
                     logger.info("the %s stream ended inside a packet: %s", fmt.name, exc)
                     break
                 demux_errors += 1
@@ -505,12 +502,7 @@ def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
             tail = []
         tail.extend(resampler.flush())
         for samples in tail:
-            decoded_any = True
             pipe.emit(samples)
-        if truncated and not decoded_any:
-            raise ContainerDecodeError(
-                f"the {fmt.name} stream ended before any audio could be decoded"
-            )
 
 
 # --------------------------------------------------------------------------- public class

@@ -405,6 +405,61 @@ def test_recorder_chunks_come_out_as_they_arrive(
     assert decoder.format_name == kind
 
 
+def _vint(data: bytes, pos: int) -> tuple[int, int]:
+    """An EBML variable-length integer at pos: (its length in bytes, its value without marker)."""
+    length = 9 - data[pos].bit_length()
+    value = int.from_bytes(data[pos : pos + length], "big") & ((1 << (7 * length)) - 1)
+    return length, value
+
+
+_CLUSTER_ID = bytes.fromhex("1f43b675")
+_SEGMENT_ID = bytes.fromhex("18538067")
+_UNKNOWN_SIZE = bytes.fromhex("01ffffffffffffff")
+
+
+def live_webm(data: bytes) -> list[bytes]:
+    """Rewrite a WebM as Chrome's MediaRecorder writes it: Segment and Clusters of unknown
+    size. Returns the header, then one piece per cluster."""
+    id_len, _ = _vint(data, 0)
+    size_len, size = _vint(data, id_len)
+    pos = id_len + size_len + size  # past the EBML header
+    assert data[pos : pos + 4] == _SEGMENT_ID
+    size_len, _ = _vint(data, pos + 4)
+    pieces = [data[:pos] + _SEGMENT_ID + _UNKNOWN_SIZE]
+    pos += 4 + size_len
+    while pos < len(data):
+        id_len, _ = _vint(data, pos)
+        size_len, size = _vint(data, pos + id_len)
+        element_id = data[pos : pos + id_len]
+        body = data[pos + id_len + size_len : pos + id_len + size_len + size]
+        if element_id == _CLUSTER_ID:
+            pieces.append(_CLUSTER_ID + _UNKNOWN_SIZE + body)
+        else:
+            pieces[-1] += data[pos : pos + id_len + size_len + size]
+        pos += id_len + size_len + size
+    return pieces
+
+
+def test_live_webm_with_unknown_sizes_comes_out_cluster_by_cluster(
+    stereo: npt.NDArray[np.float32],
+) -> None:
+    """Each unknown-size cluster's audio comes out when the cluster arrives, not when the
+    next cluster's ID shows where it ended."""
+    pieces = live_webm(_encode(stereo[:, : 44_100 * 4], "webm").data)
+    assert len(pieces) > 10
+    decoder = ContainerDecoder()
+    fed = b""
+    total = 0
+    for piece in pieces:
+        fed += piece
+        total += len(decoder.feed(piece))
+        if len(fed) > 1000:
+            assert total >= len(one_shot(fed)) - 32
+    got = total + len(decoder.finish())
+    assert got == len(one_shot(fed))
+    assert abs(got - 4 * SAMPLE_RATE_HZ) < 0.01 * SAMPLE_RATE_HZ
+
+
 @pytest.mark.parametrize("kind", ["webm", "ogg", "mp3", "wav", "mp4"])
 def test_latency_is_bounded(kind: str, encoded: dict[str, Encoded]) -> None:
     """Fed at a steady byte rate, the output trails the input by well under a second."""
@@ -477,6 +532,16 @@ def test_garbage_after_a_valid_header_is_refused_within_the_byte_bound(
             decoder.feed(chunk)
             fed += len(chunk)
     assert fed <= bound + 2 * 16384
+
+
+def test_audio_decoded_before_an_error_comes_with_the_error(
+    encoded: dict[str, Encoded], references: dict[str, Samples]
+) -> None:
+    garbage = np.random.default_rng(10).integers(0, 256, 400_000, dtype=np.uint8).tobytes()
+    decoder = ContainerDecoder(max_buffered_bytes=256 * 1024)
+    with pytest.raises(ContainerDecodeError) as caught:
+        decoder.feed(encoded["webm"].data + garbage)
+    np.testing.assert_array_equal(caught.value.samples, references["webm"])
 
 
 def test_an_endless_id3_tag_is_refused_at_the_byte_bound() -> None:
