@@ -129,17 +129,20 @@ def detect_container(head: bytes, *, final: bool = False) -> ContainerFormat | N
     Returns None while more bytes are needed to decide (``final`` says no more will come);
     raises ContainerDecodeError for bytes that start no supported container.
     """
-    fmt = _detect(head, final=final)
-    if fmt is None and final and head:
+    found = _detect(head, final=final)
+    if isinstance(found, ContainerFormat):
+        return found
+    if final and head:
         raise ContainerDecodeError(
             f"the stream ended before its format was clear; {SUPPORTED_HELP}"
         )
-    return fmt
+    return None
 
 
-def _detect(head: bytes, *, final: bool) -> ContainerFormat | None:
+def _detect(head: bytes, *, final: bool) -> ContainerFormat | int:
+    """The container, or how many bytes (at least) to wait for before asking again."""
     if len(head) < 12:
-        return None
+        return 12
     if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
         return _wav(head, final=final)
     if head[:4] == b"OggS":
@@ -148,32 +151,32 @@ def _detect(head: bytes, *, final: bool) -> ContainerFormat | None:
         return ContainerFormat("flac", "flac")
     if head[:4] == b"\x1a\x45\xdf\xa3":
         if len(head) < _EBML_HEAD_BYTES and not final:
-            return None
-        return ContainerFormat(
-            "matroska", "webm" if b"webm" in head[:_EBML_HEAD_BYTES] else "matroska"
-        )
+            return _EBML_HEAD_BYTES
+        doc_type = "webm" if b"webm" in head[:_EBML_HEAD_BYTES] else "matroska"
+        return ContainerFormat("matroska", doc_type)
     if head[4:8] == b"ftyp":
         return ContainerFormat("mov", "mp4")
     if head[:3] == b"ID3":
         # An ID3v2 tag (MP3 metadata, perhaps with cover art): look at what follows it.
-        if len(head) < 10:
-            return None
-        size = (
-            (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | head[9] & 0x7F
-        )
+        # FFmpeg skips the tag itself, whatever the format behind it.
+        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7
+        size |= head[9] & 0x7F
         end = 10 + size + (10 if head[5] & 0x10 else 0)
         if len(head) < end + 12 and not final:
-            return None
+            return end + 12
         inner = _detect(head[end:], final=final)
-        return inner if inner is None or inner.demuxer != "mp3" else ContainerFormat("mp3", "mp3")
+        if isinstance(inner, int):
+            return end + inner
+        demuxer = "wav" if inner.name == "wav" else inner.demuxer
+        return ContainerFormat(demuxer, inner.name)
     first = _mpeg_frame(head[:4])
     if first is not None:
         length, kind = first
-        if len(head) < length + 4:
-            if not final:
-                return None
-            return ContainerFormat("mp3", "mp3")  # a whole stream of one frame
+        if len(head) < length + 4 and not final:
+            return length + 4
         second = _mpeg_frame(head[length : length + 4])
+        if second is None and len(head) < length + 4:
+            return ContainerFormat("mp3", "mp3")  # the whole stream is one frame
         if second is not None and second[1] == kind:
             return ContainerFormat("mp3", "mp3")
     raise ContainerDecodeError(SUPPORTED_HELP)
@@ -194,14 +197,14 @@ _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
 
 
-def _wav(head: bytes, *, final: bool) -> ContainerFormat | None:
+def _wav(head: bytes, *, final: bool) -> ContainerFormat | int:
     """Plain PCM WAV as a raw PCM stream past its header; anything else to FFmpeg's demuxer."""
     ffmpeg_wav = ContainerFormat("wav", "wav")
     pos = 12
     raw: ContainerFormat | None = None
     while True:
         if len(head) < pos + 8:
-            return ffmpeg_wav if final else None
+            return ffmpeg_wav if final else pos + 8
         chunk_id = head[pos : pos + 4]
         size = int.from_bytes(head[pos + 4 : pos + 8], "little")
         body = pos + 8
@@ -220,7 +223,7 @@ def _wav(head: bytes, *, final: bool) -> ContainerFormat | None:
             if size < 16 or size > 1024:
                 return ffmpeg_wav
             if len(head) < body + size:
-                return ffmpeg_wav if final else None
+                return ffmpeg_wav if final else body + size
             raw = _wav_raw_format(head[body : body + size])
             if raw is None:
                 return ffmpeg_wav
@@ -529,6 +532,7 @@ class ContainerDecoder:
         self._error: ContainerDecodeError | None = None
         self._finished = False
         self._data_left: int | None = None  # bytes of samples still expected (WAV)
+        self._sniff_at = 0  # header bytes needed before the next recognition attempt
         self._closer: weakref.finalize[[], ContainerDecoder] | None = None
 
     @property
@@ -545,7 +549,7 @@ class ContainerDecoder:
             return _EMPTY
         if self._pipe is None:
             self._head += data
-            if not self._start(final=False):
+            if len(self._head) < self._sniff_at or not self._start(final=False):
                 if len(self._head) > self._max_buffered_bytes:
                     self._fail(
                         ContainerDecodeError(
@@ -590,11 +594,17 @@ class ContainerDecoder:
     def _start(self, *, final: bool) -> bool:
         """Recognise the container and start the worker; False if more bytes are needed."""
         try:
-            fmt = detect_container(bytes(self._head), final=final)
+            found = _detect(bytes(self._head), final=final)
+            if final and not isinstance(found, ContainerFormat):
+                detect_container(bytes(self._head), final=True)  # raises its error
         except ContainerDecodeError as exc:
             self._fail(exc)
-        if fmt is None:
+        if not isinstance(found, ContainerFormat):
+            # Look again only once that many bytes are here: a client sending tiny pieces
+            # of a long header must not make each piece re-read the whole header.
+            self._sniff_at = max(found, len(self._head) + 1)
             return False
+        fmt = found
         self._format = fmt
         pipe = _Pipe(self._max_buffered_bytes)
         thread = threading.Thread(

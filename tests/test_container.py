@@ -544,6 +544,26 @@ def test_audio_decoded_before_an_error_comes_with_the_error(
     np.testing.assert_array_equal(caught.value.samples, references["webm"])
 
 
+def id3_tag(padding_bytes: int) -> bytes:
+    """An ID3v2.4 tag of one text frame and padding (as cover art would take room)."""
+    text = b"\x03Ask not"
+    frame = b"TIT2" + len(text).to_bytes(4, "big") + b"\x00\x00" + text
+    size = len(frame) + padding_bytes
+    syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x04\x00\x00" + syncsafe + frame + bytes(padding_bytes)
+
+
+def test_mp3_behind_a_large_id3_tag_fed_in_small_pieces(
+    encoded: dict[str, Encoded], references: dict[str, Samples]
+) -> None:
+    data = id3_tag(300_000) + encoded["mp3"].data
+    decoder = ContainerDecoder()
+    outputs = [decoder.feed(piece) for piece in chunks_of(data[:310_000], 50)]
+    outputs += [decoder.feed(piece) for piece in chunks_of(data[310_000:], 4096)]
+    assert decoder.format_name == "mp3"
+    np.testing.assert_array_equal(joined(outputs, decoder.finish()), references["mp3"])
+
+
 def test_an_endless_id3_tag_is_refused_at_the_byte_bound() -> None:
     # An ID3v2 header announcing a 200 MB tag: the sniffer would wait for its end.
     header = b"ID3\x04\x00\x00" + bytes([0x60, 0x00, 0x00, 0x00])
