@@ -391,13 +391,13 @@ def test_recorder_chunks_come_out_as_they_arrive(
     fed = b""
     total = 0
     produced_before_finish = 0
-    for write in writes:
+    for index, write in enumerate(writes):
         fed += write
         total += len(decoder.feed(write))
         # Everything a one-shot decoder gets from the same prefix came out already, less the
         # resampler's few samples of delay that only finish() flushes.
-        decodable = len(one_shot(fed)) if len(fed) > 1000 else 0
-        assert total >= decodable - 32, f"after {len(fed)} bytes"
+        if len(fed) > 1000 and index < 16:  # the first 4 s; one_shot of every prefix is slow
+            assert total >= len(one_shot(fed)) - 32, f"after {len(fed)} bytes"
         produced_before_finish = total
     tail = decoder.finish()
     assert len(tail) <= 32
