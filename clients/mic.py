@@ -85,17 +85,31 @@ class ChunkBuffer:
         return chunk
 
 
-@dataclass(frozen=True)
+@dataclass
 class Backoff:
-    """Exponential reconnect delays: initial_s, doubled per failure, capped at max_s."""
+    """Reconnect delays: `initial_s`, doubled per failure, capped at `max_s`.
+
+    The count starts over only after a connection stayed up `stable_s`, so a server that
+    accepts and at once refuses (1013 overloaded) is not hammered.
+    """
 
     initial_s: float = 0.5
     factor: float = 2.0
     max_s: float = 10.0
+    stable_s: float = 10.0
+    failures: int = 0
+    _opened_at_s: float | None = None
 
-    def delay_s(self, failures: int) -> float:
-        """The wait before reconnect attempt number `failures` (1-based)."""
-        return float(min(self.max_s, self.initial_s * self.factor ** max(failures - 1, 0)))
+    def opened(self, now_s: float) -> None:
+        self._opened_at_s = now_s
+
+    def next_delay_s(self, now_s: float) -> float:
+        """The wait before the next attempt, after a failure at `now_s`."""
+        if self._opened_at_s is not None and now_s - self._opened_at_s >= self.stable_s:
+            self.failures = 0
+        self._opened_at_s = None
+        self.failures += 1
+        return float(min(self.max_s, self.initial_s * self.factor ** (self.failures - 1)))
 
 
 @dataclass
@@ -206,8 +220,8 @@ async def _stream_with_reconnect(
 ) -> int:
     backoff = Backoff()
     counter = _Counter()
-    failures = 0
     connected_once = False
+    loop = asyncio.get_running_loop()
     while True:
         offset_s = counter.bytes_taken / config.bytes_per_second
 
@@ -215,8 +229,9 @@ async def _stream_with_reconnect(
             router.handle(message, raw, offset_s)
 
         def on_open() -> None:
-            nonlocal connected_once, failures
-            connected_once, failures = True, 0
+            nonlocal connected_once
+            connected_once = True
+            backoff.opened(loop.time())
             router.status(f"connected to {config.url}")
 
         try:
@@ -224,8 +239,7 @@ async def _stream_with_reconnect(
         except StreamError as exc:
             if interrupts.stop.is_set() or not exc.retryable or not connected_once:
                 raise
-            failures += 1
-            delay_s = backoff.delay_s(failures)
+            delay_s = backoff.next_delay_s(loop.time())
             router.status(f"{exc}; reconnecting in {delay_s:.1f} s")
             if await interrupts.wait(delay_s):
                 return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -154,6 +155,48 @@ def test_page_sends_api_key_as_subprotocol(
         "() => document.querySelector('#transcript').textContent.trim().length > 0",
         timeout=CAPTION_TIMEOUT_MS,
     )
+    page.click("#stop")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
+    )
+
+
+def test_page_reconnects_and_keeps_the_transcript(
+    browser: object, server_factory: Callable[..., ServerProcess]
+) -> None:
+    from playwright.sync_api import Page
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = server_factory("--port", str(port))
+    page, _ = open_page(browser, first)
+    assert isinstance(page, Page)
+    page.click("#start")
+    page.wait_for_function(
+        f"() => ({NORMALISED_JS})('#transcript').includes('your country')",
+        timeout=CAPTION_TIMEOUT_MS,
+    )
+    lines_before = page.locator("#transcript li").count()
+
+    first.stop()
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'reconnecting'",
+        timeout=60_000,
+    )
+    server_factory("--port", str(port))
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'live'", timeout=60_000
+    )
+    # The fake microphone loops JFK: new finals arrive on the new connection.
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#transcript li').length > {lines_before}",
+        timeout=CAPTION_TIMEOUT_MS,
+    )
+    times = page.locator("#transcript li time").all_inner_texts()
+    assert len(times) > lines_before
+    seconds = [int(t[:2]) * 60 + int(t[3:]) for t in times]
+    assert seconds == sorted(seconds), "transcript times continue across the reconnect"
     page.click("#stop")
     page.wait_for_function(
         "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000

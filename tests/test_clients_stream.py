@@ -58,9 +58,13 @@ def test_error_messages_say_what_to_do() -> None:
     assert not ServerClosed(1007, "bad audio", None).retryable
 
 
-def test_backoff_doubles_and_caps() -> None:
-    backoff = Backoff(initial_s=0.5, factor=2.0, max_s=4.0)
-    assert [backoff.delay_s(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+def test_backoff_doubles_caps_and_restarts_after_a_stable_connection() -> None:
+    backoff = Backoff(initial_s=0.5, factor=2.0, max_s=4.0, stable_s=10.0)
+    assert [backoff.next_delay_s(0.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    backoff.opened(100.0)
+    assert backoff.next_delay_s(100.2) == 4.0, "accepted then dropped at once: keep backing off"
+    backoff.opened(200.0)
+    assert backoff.next_delay_s(260.0) == 0.5, "a connection that lasted starts over"
 
 
 async def test_chunk_buffer_keeps_order_drops_oldest_and_ends_on_close() -> None:

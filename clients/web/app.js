@@ -7,6 +7,7 @@ const FRAME_MS = 100;
 const MAX_PENDING_S = 30; // audio kept while reconnecting
 const BACKOFF_INITIAL_MS = 500;
 const BACKOFF_MAX_MS = 15000;
+const STABLE_CONNECTION_MS = 10000; // the backoff starts over only after a connection lasted this
 const FINISH_TIMEOUT_MS = 30000;
 const CAPTION_FINALS_SHOWN = 6;
 
@@ -34,6 +35,7 @@ const session = {
   ws: null,
   everOpened: false,
   failures: 0,
+  openedAtMs: null,
   reconnectTimer: null,
   finishTimer: null,
   audio: null, // {context, stream, source, node, sink}
@@ -218,7 +220,7 @@ function connect() {
   ws.onopen = () => {
     opened = true;
     session.everOpened = true;
-    session.failures = 0;
+    session.openedAtMs = performance.now();
     session.connectionOffsetS = session.samplesSent / TARGET_RATE_HZ;
     session.connectionSamples = 0;
     session.sendLog = [];
@@ -318,6 +320,9 @@ async function explainRefusal() {
 }
 
 function scheduleReconnect(event) {
+  const lasted = session.openedAtMs !== null && performance.now() - session.openedAtMs >= STABLE_CONNECTION_MS;
+  if (lasted) session.failures = 0;
+  session.openedAtMs = null;
   session.failures += 1;
   const delayMs = Math.min(BACKOFF_MAX_MS, BACKOFF_INITIAL_MS * 2 ** (session.failures - 1));
   const reason = event.code === 1013 ? "server busy" : `connection lost (${event.code})`;
