@@ -52,7 +52,13 @@ GROUPS: dict[str, Callable[[Track], bool]] = {
 def default_webrtc() -> ClassifierSetting:
     shipped = WebRtcClassifier()
     return ClassifierSetting(
-        "webrtc", shipped.aggressiveness, shipped.frame_ms, shipped.energy_gate_dbfs
+        "webrtc",
+        shipped.aggressiveness,
+        shipped.frame_ms,
+        shipped.energy_gate_dbfs,
+        snr_gate_db=shipped.snr_gate_db,
+        noise_window_ms=shipped.noise_window_ms,
+        snr_hold_ms=shipped.snr_hold_ms,
     )
 
 
@@ -192,25 +198,29 @@ def _track_json(score: TrackScore) -> dict[str, Any]:
 
 def tune(evaluator: Evaluator, base: SegmenterConfig, top: int) -> dict[str, Any]:
     """Stage 1: classifier grid with the default segmenter; stage 2: segmenter knobs."""
-    candidates = [
-        ClassifierSetting("webrtc", a, f, g)
-        for a in (0, 1, 2, 3)
-        for f in (10, 20, 30)
-        for g in (-200.0, -60.0, -50.0, -45.0, -40.0)
-    ] + [
-        ClassifierSetting(
-            "webrtc", a, f, -60.0, snr_gate_db=snr, noise_window_ms=w, snr_hold_ms=hold
-        )
-        for a in (2, 3)
-        for f in (20, 30)
-        for snr in (4.0, 6.0, 9.0, 12.0)
-        for w in (1_000, 3_000)
-        for hold in (0, 150, 300, 500)
-    ] + [
-        ClassifierSetting("silero", frame_ms=32, energy_gate_dbfs=g, threshold=t)
-        for t in (0.3, 0.4, 0.5, 0.6, 0.7)
-        for g in (-200.0, -60.0, -50.0)
-    ]
+    candidates = (
+        [
+            ClassifierSetting("webrtc", a, f, g)
+            for a in (0, 1, 2, 3)
+            for f in (10, 20, 30)
+            for g in (-200.0, -60.0, -50.0, -45.0, -40.0)
+        ]
+        + [
+            ClassifierSetting(
+                "webrtc", a, f, -60.0, snr_gate_db=snr, noise_window_ms=w, snr_hold_ms=hold
+            )
+            for a in (2, 3)
+            for f in (20, 30)
+            for snr in (4.0, 6.0, 9.0, 12.0)
+            for w in (1_000, 3_000)
+            for hold in (0, 150, 300, 500)
+        ]
+        + [
+            ClassifierSetting("silero", frame_ms=32, energy_gate_dbfs=g, threshold=t)
+            for t in (0.3, 0.4, 0.5, 0.6, 0.7)
+            for g in (-200.0, -60.0, -50.0)
+        ]
+    )
     ranked = sorted(
         ((loss(evaluator.tracks, evaluator.scores(c, base)), c) for c in candidates),
         key=lambda pair: pair[0],

@@ -43,7 +43,7 @@ class SegmenterConfig:
 
     frame_ms: int = 30
     pre_roll_ms: int = 300
-    start_window_ms: int = 90
+    start_window_ms: int = 150
     start_ratio: float = 0.6
     endpointing_ms: int | None = 500
     max_utterance_ms: int = 25_000

@@ -72,7 +72,7 @@ class SileroClassifier:
     def __init__(
         self,
         *,
-        threshold: float = 0.5,
+        threshold: float = 0.4,
         neg_threshold: float | None = None,
         energy_gate_dbfs: float = -60.0,
         model_path: Path | None = None,

@@ -27,12 +27,12 @@ class WebRtcClassifier:
     def __init__(
         self,
         *,
-        aggressiveness: int = 3,
-        frame_ms: int = 30,
+        aggressiveness: int = 2,
+        frame_ms: int = 20,
         energy_gate_dbfs: float = -60.0,
-        snr_gate_db: float | None = None,
+        snr_gate_db: float | None = 9.0,
         noise_window_ms: int = 3_000,
-        snr_hold_ms: int = 0,
+        snr_hold_ms: int = 500,
     ) -> None:
         if aggressiveness not in (0, 1, 2, 3):
             raise VadConfigError(
@@ -46,6 +46,8 @@ class WebRtcClassifier:
         self.aggressiveness = aggressiveness
         self.energy_gate_dbfs = energy_gate_dbfs
         self.snr_gate_db = snr_gate_db
+        self.noise_window_ms = noise_window_ms
+        self.snr_hold_ms = snr_hold_ms
         self._floor = NoiseFloor(frame_ms=frame_ms, window_ms=noise_window_ms)
         self._hold_frames = snr_hold_ms // frame_ms
         self._since_loud = self._hold_frames + 1  # frames since one cleared the SNR gate
