@@ -16,6 +16,10 @@ The container is recognised from its first bytes before FFmpeg sees them, so ran
 (or raw PCM sent without ``encoding=linear16``) are refused after a few bytes instead of
 after megabytes of format probing, and FFmpeg never guesses a format for noise.
 
+Latency: a WebM/Ogg/MP4 chunk's audio comes out in the same ``feed()`` (the resampler keeps
+about 1 ms until ``finish()``); MP3 and PCM WAV trail by well under 0.1 s; FLAC by about a
+second (FFmpeg's FLAC parser reads frames ahead), which suits files rather than live audio.
+
 Exceptions (the whole tree):
     ContainerDecodeError   the bytes are not audio in a supported container, the stream
                            broke, or ``max_buffered_bytes`` passed without decodable audio

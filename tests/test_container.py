@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gc
+import http.server
 import io
 import itertools
 import struct
@@ -732,3 +734,98 @@ def _short_reference(data: bytes) -> Samples:
     if data not in _REFERENCE_CACHE:
         _REFERENCE_CACHE[data] = one_shot(data)
     return _REFERENCE_CACHE[data]
+
+
+# --------------------------------------------------------------------------- a real browser
+
+_RECORDER_PAGE = b"""<!doctype html><html><body><script>
+window.record = async (mime, ms) => {
+  const stream = await navigator.mediaDevices.getUserMedia({audio: true});
+  const recorder = new MediaRecorder(stream, {mimeType: mime});
+  const blobs = [];
+  recorder.ondataavailable = (event) => blobs.push(event.data);
+  const stopped = new Promise((resolve) => { recorder.onstop = resolve; });
+  recorder.start(250);
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  recorder.stop();
+  await stopped;
+  const out = [];
+  for (const blob of blobs) {
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    let text = "";
+    for (const b of bytes) text += String.fromCharCode(b);
+    out.push(btoa(text));
+  }
+  return out;
+};
+</script></body></html>"""
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def recorder_chunks(
+    audio_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[bytes]]:
+    """What Chromium's MediaRecorder hands a page: 250 ms chunks of WebM/Opus and MP4."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian chromium at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(_RECORDER_PAGE)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    wav = audio_dir / "jfk_inaugural.wav"
+    chunks: dict[str, list[bytes]] = {}
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--use-fake-ui-for-media-stream",
+                    "--use-fake-device-for-media-stream",
+                    f"--use-file-for-fake-audio-capture={wav}",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            for kind, mime in (("webm", "audio/webm;codecs=opus"), ("mp4", "audio/mp4")):
+                if page.evaluate("m => MediaRecorder.isTypeSupported(m)", mime):
+                    encoded = page.evaluate("([m, ms]) => record(m, ms)", [mime, 3000])
+                    chunks[kind] = [base64.b64decode(c) for c in encoded]
+            browser.close()
+    finally:
+        server.shutdown()
+    return chunks
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("kind", ["webm", "mp4"])
+def test_chromium_media_recorder_stream(recorder_chunks: dict[str, list[bytes]], kind: str) -> None:
+    if kind not in recorder_chunks:
+        pytest.skip(f"this Chromium cannot record {kind}")
+    chunks = recorder_chunks[kind]
+    decoder = ContainerDecoder()
+    outputs = [decoder.feed(chunk) for chunk in chunks]
+    got = joined(outputs, decoder.finish())
+    assert decoder.format_name == kind
+    # Audio comes out chunk by chunk: all but the first two chunks each yield some.
+    assert all(len(out) for out in outputs[2:])
+    assert abs(len(got) / SAMPLE_RATE_HZ - 3.0) < 0.5
+    assert float(np.sqrt(np.mean(got**2))) > 0.01  # the recorded speech, not silence
+    np.testing.assert_array_equal(got, one_shot(b"".join(chunks)))
