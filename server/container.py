@@ -17,7 +17,7 @@ The container is recognised from its first bytes before FFmpeg sees them, so ran
 after megabytes of format probing, and FFmpeg never guesses a format for noise.
 
 Latency: a WebM/Ogg/MP4 chunk's audio comes out in the same ``feed()`` (the resampler keeps
-about 1 ms until ``finish()``); MP3 and PCM WAV trail by well under 0.1 s; FLAC by about a
+about 1 ms until ``finish()``); MP3 and PCM WAV trail by at most about 0.1 s; FLAC by about a
 second (FFmpeg's FLAC parser reads frames ahead), which suits files rather than live audio.
 
 Exceptions (the whole tree):
