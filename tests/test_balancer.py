@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import REPO_ROOT, ServerProcess, reference_texts
+from tests.test_shutdown import SilentWebSocket
 
 TEMPLATE = REPO_ROOT / "deploy" / "haproxy.cfg.tmpl"
 CLIP = "ljspeech_LJ001-0002.wav"  # 1.9 s: "in being comparatively modern."
@@ -361,3 +362,36 @@ def test_balancer_cap_routes_around_a_full_pod(
     assert accepted(large) == 2
     assert refused(small, "session_limit") == 0
     assert refused(large, "session_limit") == 0
+
+
+def test_draining_pod_leaves_the_rotation(
+    server_factory: Callable[..., ServerProcess],
+    start_balancer: Callable[[str, dict[str, str]], Balancer],
+    audio_dir: Path,
+) -> None:
+    """SIGTERM turns /readyz 503 while live sessions drain; HAProxy's check takes it out."""
+    leaving = server_factory("--drain-timeout-s", "30", *SERVER_FLAGS)
+    staying = server_factory(*SERVER_FLAGS)
+    balancer = start_balancer(
+        "roundrobin",
+        {"leaving": f"127.0.0.1:{leaving.port}", "staying": f"127.0.0.1:{staying.port}"},
+    )
+    pcm, rate_hz = clip_pcm(audio_dir)
+    # A live session that never answers the close keeps the leaving pod draining (alive,
+    # answering 503) rather than gone, which is the state the health check must catch.
+    live = SilentWebSocket(leaving.port)
+    try:
+        leaving.send_signal(signal.SIGTERM)
+        down = balancer.wait_for_line(lambda line: "pods/leaving is DOWN" in line)
+        assert "Layer7 wrong status" in down and "503" in down, down
+        assert leaving.proc.poll() is None, "still draining when it left the rotation"
+
+        async def two_sessions() -> list[SessionResult]:
+            return [await one_session(balancer.ws_url, pcm, rate_hz) for _ in range(2)]
+
+        results = asyncio.run(two_sessions())
+    finally:
+        live.close()
+    assert [r.pod for r in results] == ["staying", "staying"]
+    assert all(r.close_code == 1000 and r.transcript for r in results)
+    assert leaving.proc.wait(timeout=30) == 0
