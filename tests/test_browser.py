@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, ServerProcess
+from tests.test_clients_file import self_signed_cert
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "artifacts"
@@ -64,6 +65,7 @@ def browser(fake_mic_wav: Path) -> Iterator[object]:
                 "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-audio-capture={fake_mic_wav}",
                 "--autoplay-policy=no-user-gesture-required",
+                "--ignore-certificate-errors",
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
@@ -74,16 +76,18 @@ def browser(fake_mic_wav: Path) -> Iterator[object]:
         chromium.close()
 
 
-def open_page(browser: object, server: ServerProcess) -> tuple[object, list[str]]:
+def open_page(
+    browser: object, server: ServerProcess, scheme: str = "http"
+) -> tuple[object, list[str]]:
     from playwright.sync_api import Browser
 
     assert isinstance(browser, Browser)
-    context = browser.new_context(accept_downloads=True)
+    context = browser.new_context(accept_downloads=True, ignore_https_errors=scheme == "https")
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.goto(server.http_url + "/")
+    page.goto(f"{scheme}://{server.host}:{server.port}/")
     page.wait_for_function("() => document.querySelector('#status')?.dataset.state === 'idle'")
     return page, errors
 
@@ -201,3 +205,33 @@ def test_page_reconnects_and_keeps_the_transcript(
     page.wait_for_function(
         "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
     )
+
+
+def test_page_streams_over_wss_behind_tls(
+    browser: object, server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    from playwright.sync_api import Page, WebSocket
+
+    cert, key = self_signed_cert(tmp_path)
+    tls = server_factory("--tls-cert", str(cert), "--tls-key", str(key))
+    page, errors = open_page(browser, tls, scheme="https")
+    assert isinstance(page, Page)
+    sockets: list[str] = []
+
+    def remember(ws: WebSocket) -> None:
+        sockets.append(ws.url)
+
+    page.on("websocket", remember)
+    page.click("#start")
+    page.wait_for_function(
+        f"() => ({NORMALISED_JS})('#transcript').includes('your country')",
+        timeout=CAPTION_TIMEOUT_MS,
+    )
+    assert sockets and all(
+        url.startswith(f"wss://127.0.0.1:{tls.port}/v1/listen?") for url in sockets
+    )
+    page.click("#stop")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
+    )
+    assert errors == []

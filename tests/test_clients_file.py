@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
 import signal
 import socket
@@ -132,6 +133,48 @@ def check_jfk_cues(cues: list[ParsedCue], audio_s: float = JFK_DURATION_S) -> No
     assert last.end_s > 9.0, last
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost and its key (PEM), for wss:// tests."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 @pytest.fixture(scope="module")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")
@@ -232,6 +275,25 @@ def test_refusals_are_explained(
     assert "greasy wash water" in normalise(with_key.stdout)
     for done in (bad_language, no_key, with_key):
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_wss_with_the_servers_certificate(
+    server_factory: Callable[..., ServerProcess], audio_dir: Path, tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    tls = server_factory("--tls-cert", str(cert), "--tls-key", str(key))
+    wav = str(audio_dir / "timit_LDC93S1.wav")
+    url = f"wss://127.0.0.1:{tls.port}"
+    untrusted = run_client(wav, "--url", url, "--speed", "0")
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    trusted = subprocess.run(
+        [sys.executable, "-m", "clients.file", wav, "--url", url, "--speed", "0"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False,
+        env={**os.environ, "SSL_CERT_FILE": str(cert)},
+    )  # fmt: skip
+    assert trusted.returncode == 0, trusted.stderr
+    assert "greasy wash water" in normalise(trusted.stdout)
 
 
 def test_unreadable_input_and_unreachable_server(tmp_path: Path, audio_dir: Path) -> None:
