@@ -428,6 +428,18 @@ def _run_worker(pipe: _Pipe, fmt: ContainerFormat) -> None:
     pipe.stop(error)
 
 
+def _broken_stream_message(fmt: ContainerFormat, exc: av.error.FFmpegError) -> str:
+    if fmt.name == "mp4":
+        # Most likely an MP4/M4A file whose index (moov) follows the audio: reading it
+        # needs a seek back, which a stream cannot do.
+        return (
+            "this MP4/M4A cannot be decoded as a stream (its index probably comes after the "
+            "audio); send fragmented MP4 as MediaRecorder makes, an MP4 with the index first "
+            "(ffmpeg -movflags +faststart), or another supported container"
+        )
+    return f"the {fmt.name} stream is corrupt ({exc.strerror}); {SUPPORTED_HELP}"
+
+
 def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
     try:
         container = av.open(
@@ -497,9 +509,7 @@ def _decode(pipe: _Pipe, fmt: ContainerFormat) -> None:
                     break
                 demux_errors += 1
                 if demux_errors > _MAX_DEMUX_ERRORS_IN_A_ROW:
-                    raise ContainerDecodeError(
-                        f"the {fmt.name} stream is corrupt ({exc.strerror}); {SUPPORTED_HELP}"
-                    ) from exc
+                    raise ContainerDecodeError(_broken_stream_message(fmt, exc)) from exc
         if pipe.aborted:
             return
         try:

@@ -604,6 +604,32 @@ def test_truncated_files_of_every_kind_end_cleanly(
     assert best_correlation(got[:16000], ref[:16000], max_lag=0) > 0.999
 
 
+def test_mp4_with_its_index_at_the_end_is_refused_with_advice(
+    stereo: npt.NDArray[np.float32],
+) -> None:
+    """A plain (not fragmented) MP4 written to a seekable file puts moov after the audio."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=SOURCE_RATE_HZ, layout="stereo")
+        assert isinstance(stream, av.AudioStream)
+        for start in range(0, 132_300, 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(stereo[:, start : start + 1024]),
+                format="fltp",
+                layout="stereo",
+            )
+            frame.sample_rate = SOURCE_RATE_HZ
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = buffer.getvalue()
+    assert data.find(b"moov") > data.find(b"mdat")
+    decoder = ContainerDecoder()
+    with pytest.raises(ContainerDecodeError, match=r"faststart"):
+        for chunk in chunks_of(data, 4096):
+            decoder.feed(chunk)
+        decoder.finish()
+
+
 def test_header_only_stream_yields_nothing(encoded: dict[str, Encoded]) -> None:
     header = encoded["webm"].writes[0]
     outputs, tail = decode_in_chunks([header])
