@@ -151,7 +151,10 @@ def choose_rate_hz(sd: Any, device: int | str | None) -> int:
         try:
             info = sd.query_devices(device, "input")
         except (sd.PortAudioError, ValueError) as query_exc:
-            raise MicError(f"no usable input device ({query_exc})") from query_exc
+            raise MicError(
+                f"no usable input device ({query_exc}); connect a microphone or pick one "
+                "from --list-devices with --device"
+            ) from query_exc
         rate = int(info["default_samplerate"])
         if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
             raise MicError(

@@ -278,6 +278,31 @@ def test_refusals_are_explained(
 
 
 @pytest.mark.slow
+def test_full_server_error_message_is_shown(
+    server_factory: Callable[..., ServerProcess], audio_dir: Path
+) -> None:
+    full = server_factory("--max-sessions", "1")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "clients.file", str(audio_dir / "librivox_sonnet001.wav"),
+         "--url", full.ws_url, "--speed", "1"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert first.stdout is not None
+    try:
+        assert first.stdout.readline().strip(), "the first session is streaming"
+        refused = run_client(
+            str(audio_dir / "timit_LDC93S1.wav"), "--url", full.ws_url, "--speed", "0"
+        )
+        assert refused.returncode == 1
+        assert "code 1013" in refused.stderr and "SESSION_LIMIT" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+
+
+@pytest.mark.slow
 def test_wss_with_the_servers_certificate(
     server_factory: Callable[..., ServerProcess], audio_dir: Path, tmp_path: Path
 ) -> None:
