@@ -80,6 +80,26 @@ def test_short_pauses_do_not_end_the_utterance() -> None:
     assert [type(e) for _, e in events] == [SpeechStarted, SpeechEnded]
 
 
+def test_endpointing_can_be_shortened_while_an_utterance_is_open() -> None:
+    segmenter = Segmenter(CONFIG)  # 300 ms = 10 frames
+    events: list[SegmentEvent] = []
+    for _ in range(20):
+        events += segmenter.push(True, LOUD_DBFS)
+    for _ in range(4):
+        events += segmenter.push(False, QUIET_DBFS)
+    assert segmenter.in_speech
+    segmenter.set_endpointing_ms(150)  # 5 frames: one more silent frame ends it
+    ended = segmenter.push(False, QUIET_DBFS)
+    assert len(ended) == 1 and isinstance(ended[0], SpeechEnded)
+    assert (ended[0].reason, ended[0].end_frame) == ("endpoint", 25)
+    segmenter.set_endpointing_ms(None)
+    for _ in range(10):
+        segmenter.push(True, LOUD_DBFS)
+    assert all(segmenter.push(False, QUIET_DBFS) == [] for _ in range(50))
+    with pytest.raises(VadConfigError, match="endpointing_ms"):
+        segmenter.set_endpointing_ms(-5)
+
+
 def test_endpointing_off_waits_for_flush() -> None:
     config = SegmenterConfig(endpointing_ms=None, max_utterance_ms=6_000, cut_search_ms=1_500)
     segmenter = Segmenter(config)

@@ -1,8 +1,9 @@
 """Voice activity detection: framing, per-frame speech classifiers and the utterance segmenter.
 
 Modules: `framing` (any chunk sizes -> exact frames, frame energy), `base` (the classifier
-protocol and the errors), `webrtc` and `silero` (classifiers), `segmenter` (frames ->
-SpeechStarted / SpeechEnded).
+protocol and the errors), `webrtc` and `silero` (classifiers; `noisefloor` tracks the
+background level for webrtc's SNR gate), `segmenter` (frames -> SpeechStarted /
+SpeechEnded). The defaults were tuned with `python -m bench.vad` (see bench/vad.py).
 
 Errors (all in `vad.base`)::
 

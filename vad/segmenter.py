@@ -173,6 +173,20 @@ class Segmenter:
             return self._cut()
         return []
 
+    def set_endpointing_ms(self, endpointing_ms: int | None) -> None:
+        """Change the trailing silence that ends utterances, from the next frame on.
+
+        For adaptive endpointing: a caller that sees the open utterance's text end with a
+        complete sentence may shorten it, and restore the configured value afterwards
+        (`config.endpointing_ms`). Silence already counted still counts, so a shorter value
+        can end the utterance on the very next frame.
+        """
+        if endpointing_ms is not None and endpointing_ms < 0:
+            raise VadConfigError(f"endpointing_ms must be >= 0 or None, got {endpointing_ms}")
+        self._endpoint_frames = (
+            None if endpointing_ms is None else max(1, self._config.frames(endpointing_ms))
+        )
+
     def flush(self) -> SpeechEnded | None:
         """End the open utterance at the current frame (Finalize / CloseStream)."""
         self._window.clear()
