@@ -38,8 +38,14 @@ _CUT_NEIGHBOURHOOD_FRAMES = 2
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    """Segmenter settings; every duration is a multiple of nothing in particular (rounded up
-    to whole frames)."""
+    """Segmenter settings; durations are rounded up to whole frames.
+
+    Defaults, from `python -m bench.vad --tune`: 300 ms of pre-roll keeps clipped onsets p95
+    at 0-20 ms even at 10 dB SNR (150 ms clips more in noise); a 150 ms onset window with
+    60% voiced frames starts no utterance on most clicks (fewer false SpeechStarted);
+    utterances with under 150 ms of voiced frames are dropped (clicks and knocks: 0 s sent
+    on the clicks track, where 90 ms lets some through and 250 ms loses short words).
+    """
 
     frame_ms: int = 30
     pre_roll_ms: int = 300

@@ -67,6 +67,10 @@ class SileroClassifier:
     stays speech until the probability drops below `neg_threshold` (hysteresis, as in
     Silero's own segmenter). Frames quieter than `energy_gate_dbfs` are never speech.
     One instance per stream: it holds that stream's state.
+
+    The default threshold 0.4 (Silero's own is 0.5) was chosen with `python -m bench.vad
+    --tune`: it halves the speech missed at 10 dB SNR and keeps clipped onsets p95 under
+    60 ms, still with nothing sent on the noise-only tracks.
     """
 
     def __init__(

@@ -22,6 +22,14 @@ class WebRtcClassifier:
     webrtcvad alone calls steady loud noise speech; within `snr_hold_ms` after a frame that
     cleared that gate, voiced frames need not clear it (weak syllables inside speech).
     `aggressiveness` 0 (keeps the most speech) to 3 (rejects the most noise).
+
+    Defaults, from `python -m bench.vad --tune` on the generated evaluation set: 20 ms
+    frames and aggressiveness 2 split the fewest utterances in clean speech; without the
+    SNR gate webrtcvad calls music-like tones and 5-10 dB noise speech throughout (whole
+    tracks sent to Whisper, 15 s of 15 on the tones-only track); a 9 dB gate over a 3 s
+    noise floor removes that (0 s sent on every noise-only track) and the 500 ms hold keeps
+    weak syllables inside speech, at the price of some missed quiet speech at 10 dB SNR.
+    The absolute gate (-60 dBFS) only matters for near-silent input.
     """
 
     def __init__(
