@@ -850,8 +850,10 @@ def test_chromium_media_recorder_stream(recorder_chunks: dict[str, list[bytes]],
     outputs = [decoder.feed(chunk) for chunk in chunks]
     got = joined(outputs, decoder.finish())
     assert decoder.format_name == kind
-    # Audio comes out chunk by chunk: all but the first two chunks each yield some.
-    assert all(len(out) for out in outputs[2:])
-    assert abs(len(got) / SAMPLE_RATE_HZ - 3.0) < 0.5
+    # Audio comes out chunk by chunk: after the first two, every chunk of some size yields
+    # audio (Chromium may end with an empty or tiny chunk).
+    sizable = [out for chunk, out in zip(chunks, outputs, strict=True) if len(chunk) > 1000]
+    assert all(len(out) for out in sizable[2:])
+    assert 1.5 < len(got) / SAMPLE_RATE_HZ < 3.5  # 3 s asked; a loaded machine records less
     assert float(np.sqrt(np.mean(got**2))) > 0.01  # the recorded speech, not silence
     np.testing.assert_array_equal(got, one_shot(b"".join(chunks)))
