@@ -227,6 +227,11 @@ class Session:
         self._close_code = CLOSE_GOING_AWAY
         return self._flush(speech_final=True, from_finalize=False) + self._maybe_close()
 
+    def release(self) -> None:
+        """Free what outlives the state machine: a container decoder's worker thread."""
+        if isinstance(self._decoder, ContainerDecoder):
+            self._decoder.close()
+
     def fail(self, code: ErrorCode, message: str, close_code: int) -> list[Action]:
         """End the session at once with an Error, Metadata and `close_code`."""
         if self.state is State.CLOSED:
