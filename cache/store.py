@@ -243,7 +243,7 @@ class _Hydration:
             files_done=len(plan.finished),
         )
         downloader = Downloader(
-            client, self.location, manifest, staging, self.transfer, on_bytes=self._advance
+            client, self.location, staging, self.transfer, on_bytes=self._advance
         )
         await downloader.fetch(plan)
         self._update(state="verifying")
