@@ -63,7 +63,8 @@ async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
         return builtin_model_dir(), BUILTIN_MODEL
     if "://" in source:
         from cache.errors import HydrationError
-        from cache.store import HydrationProgress, default_cache_dir, hydrate, is_remote
+        from cache.s3 import is_remote
+        from cache.store import HydrationProgress, default_cache_dir, hydrate
 
         if not is_remote(source):
             raise StartupError(f"--model {source}: only s3:// and b2:// URLs are supported")
@@ -72,13 +73,10 @@ async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
         runtime.phase = Phase.HYDRATING
         metrics = runtime.metrics
 
-        async def report() -> None:
-            while True:
-                metrics.hydration_bytes.set(progress.bytes_done)
-                metrics.hydration_bytes_total.set(progress.bytes_total)
-                await asyncio.sleep(0.5)
+        def report(state: HydrationProgress) -> None:
+            metrics.hydration_bytes.set(state.bytes_done)
+            metrics.hydration_bytes_total.set(state.bytes_total)
 
-        reporter = asyncio.create_task(report())
         try:
             path = await hydrate(
                 source,
@@ -87,12 +85,11 @@ async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
                 environ=os.environ,
                 keep_models=settings.keep_models,
                 progress=progress,
+                on_progress=report,
             )
         except HydrationError as exc:
             raise StartupError(str(exc)) from exc
-        finally:
-            reporter.cancel()
-            metrics.hydration_bytes.set(progress.bytes_done)
+        report(progress)
         return path, source.rstrip("/").rsplit("/", 1)[-1]
     path = await asyncio.to_thread(lambda: Path(source).expanduser())
     if not await asyncio.to_thread(path.is_dir):
