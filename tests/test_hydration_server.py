@@ -1,7 +1,8 @@
-"""The server started on an s3:// model: hydrated from a real S3 server, then from the warm cache."""
+"""The server on an s3:// model: hydrated from a real S3 server, then from the warm cache."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -59,6 +60,11 @@ def push(model_dir: Path, endpoint: str, env: dict[str, str]) -> str:
     return source
 
 
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
 async def transcribe_jfk(ws_url: str, audio_dir: Path) -> str:
     pcm, _, _ = read_wav(audio_dir / "jfk_inaugural.wav")
     url = ws_url + "/v1/listen?encoding=linear16&sample_rate=16000"
@@ -83,15 +89,14 @@ async def test_cold_then_warm_start_from_bucket(
         assert "ask not what your country can do for you" in await transcribe_jfk(
             cold.ws_url, audio_dir
         )
-        with urllib.request.urlopen(cold.http_url + "/metrics") as resp:
-            metrics = resp.read().decode()
+        metrics = await asyncio.to_thread(fetch, cold.http_url + "/metrics")
         size = (model_dir / "model.bin").stat().st_size
         line = next(
             m for m in metrics.splitlines() if m.startswith("streamscribe_hydration_bytes ")
         )
         assert float(line.split()[1]) >= size
-        with urllib.request.urlopen(cold.http_url + "/v1/models") as resp:
-            assert json.load(resp)["models"][0]["source"] == source
+        models = json.loads(await asyncio.to_thread(fetch, cold.http_url + "/v1/models"))
+        assert models["models"][0]["source"] == source
     finally:
         cold.stop()
 
