@@ -12,7 +12,8 @@ Audio becomes 16 kHz frames, each frame a speech decision, the segmenter cuts ut
 An utterance that ends asks for a final (`Transcribe`); while it grows, interims are asked
 for on a cadence measured in stream time (so results do not depend on wall-clock speed).
 Finals are released strictly in utterance order; interims of an utterance are dropped once
-it is final or while an earlier final is still outstanding.
+it is final. Interims of the open utterance may come before the final of an earlier one
+(the scheduler serves finals first, so that only happens when the final is still running).
 """
 
 from __future__ import annotations
@@ -366,7 +367,6 @@ class Session:
             or self.state is not State.OPEN
             or opened is None
             or self._interim_ticket is not None
-            or self._pending
         ):
             return []
         now = self._segmenter.frames_seen
@@ -388,7 +388,7 @@ class Session:
         target = self._interim_for
         opened = self._open
         actions = self._maybe_interim()
-        if target is None or opened is None or opened.index != target[0] or self._pending:
+        if target is None or opened is None or opened.index != target[0]:
             return actions  # that utterance is already final (or waiting for one)
         if not result.text:
             return actions
