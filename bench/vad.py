@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.vade2e import DEFAULT_TRACKS
 from bench.vadscore import (
     ClassifierSetting,
     Summary,
@@ -267,8 +269,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--endpointing-ms", type=int, default=500)
     parser.add_argument("--e2e", action="store_true", help="also stream the set through a server")
     parser.add_argument("--e2e-speed", type=float, default=4.0, help="x real time for --e2e")
+    parser.add_argument(
+        "--e2e-tracks",
+        default=",".join(DEFAULT_TRACKS),
+        help="comma-separated track names for --e2e (default: clean, 20 and 10 dB, noise-only)",
+    )
+    parser.add_argument("--e2e-vads", default="webrtc,silero", help="VAD backends for --e2e")
+    parser.add_argument("--only-e2e", action="store_true", help="skip the VAD-only tables")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     audio_dir = args.audio_dir or default_audio_dir()
     tracks = build(audio_dir)
     print(
@@ -280,12 +290,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"endpointing_ms": args.endpointing_ms}
     if args.tune:
         result["tune"] = tune(evaluator, base, args.top)
-    else:
+    elif not args.only_e2e:
         result["compare"] = compare(evaluator, [(default_webrtc(), base), (default_silero(), base)])
     if args.e2e:
         from bench.vade2e import run as run_e2e
 
-        result["e2e"] = run_e2e(tracks, speed=args.e2e_speed)
+        result["e2e"] = run_e2e(
+            tracks,
+            speed=args.e2e_speed,
+            vads=args.e2e_vads.split(","),
+            names=args.e2e_tracks.split(","),
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)

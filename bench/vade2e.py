@@ -14,6 +14,7 @@ clients.stream.StreamError (a stream did not finish cleanly) propagate.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,9 +27,9 @@ import numpy.typing as npt
 
 from bench.metrics_calc import corpus_wer, normalise
 from bench.servers import start_ours
-from bench.vadset import SAMPLE_RATE_HZ, Track
-from clients.events import Results, ServerMessage
-from clients.stream import StreamConfig, run_stream
+from bench.vadset import SAMPLE_RATE_HZ, SEED, Track
+from clients.events import Results, ServerMessage, Word
+from clients.stream import StreamConfig, StreamError, run_stream
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +122,21 @@ async def _stream_track(url: str, track: Track, speed: float) -> list[Results]:
 def through_server(
     tracks: Sequence[Track], vad: str, speed: float, model_dir: Path, log_dir: Path
 ) -> list[TrackResult]:
-    server = start_ours(model_dir, ["--vad", vad], log_dir / f"vad-e2e-{vad}.log")
+    """Stream each track through a fresh-enough server; a stream that drops (the server was
+    killed or restarted underneath us) is retried once on a new server."""
+    log = log_dir / f"vad-e2e-{vad}.log"
+    server = start_ours(model_dir, ["--vad", vad], log)
     try:
         results = []
         for track in tracks:
             began = time.monotonic()
-            finals = asyncio.run(_stream_track(server.ws_url, track, speed))
+            try:
+                finals = asyncio.run(_stream_track(server.ws_url, track, speed))
+            except StreamError as exc:
+                logger.warning("%s %s: %s; retrying on a new server", vad, track.name, exc)
+                server.stop()
+                server = start_ours(model_dir, ["--vad", vad], log.with_suffix(".retry.log"))
+                finals = asyncio.run(_stream_track(server.ws_url, track, speed))
             results.append(score(track, finals))
             logger.info("%s %s: %.1f s", vad, track.name, time.monotonic() - began)
         return results
@@ -134,35 +144,54 @@ def through_server(
         server.stop()
 
 
-def offline(tracks: Sequence[Track], model_dir: Path) -> list[TrackResult]:
-    """faster-whisper's own transcription of each whole track (beam 5, no VAD filter)."""
-    from faster_whisper import WhisperModel
+def offline(tracks: Sequence[Track], model_dir: Path, cache: Path | None) -> list[TrackResult]:
+    """faster-whisper's own transcription of each whole track (beam 5, no VAD filter).
 
-    model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+    Results are kept in `cache` (JSON keyed by track, model and the set's seed): the set is
+    deterministic, and the offline pass is the slowest part of the run.
+    """
+    stored: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+    model: Any = None
     results = []
     for track in tracks:
-        segments, _info = model.transcribe(track.samples, beam_size=5, word_timestamps=True)
+        key = f"{track.name}|{model_dir}|{SEED}"
+        if key not in stored:
+            if model is None:
+                from faster_whisper import WhisperModel
+
+                model = WhisperModel(
+                    str(model_dir), device="cpu", compute_type="int8", cpu_threads=2
+                )
+            segments, _info = model.transcribe(track.samples, beam_size=5, word_timestamps=True)
+            stored[key] = [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text,
+                    "words": [[w.word.strip(), w.start, w.end] for w in (s.words or [])],
+                }
+                for s in segments
+            ]
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(stored), encoding="utf-8")
         finals = [
             Results(
-                start_s=s.start,
-                duration_s=s.end - s.start,
+                start_s=seg["start"],
+                duration_s=seg["end"] - seg["start"],
                 is_final=True,
                 speech_final=True,
                 from_finalize=False,
-                transcript=s.text,
+                transcript=seg["text"],
                 confidence=0.0,
-                words=tuple(_words(s.words or [])),
+                words=tuple(Word(w, w, a, b, 0.0) for w, a, b in seg["words"]),
             )
-            for s in segments
+            for seg in stored[key]
         ]
         results.append(score(track, finals))
     return results
-
-
-def _words(raw: Sequence[Any]) -> list[Any]:
-    from clients.events import Word
-
-    return [Word(w.word.strip(), w.word.strip(), w.start, w.end, w.probability) for w in raw]
 
 
 def run(
@@ -173,11 +202,12 @@ def run(
     names: Sequence[str] = DEFAULT_TRACKS,
     model_dir: Path | None = None,
     log_dir: Path = Path("bench/results/logs"),
+    offline_cache: Path | None = Path("bench/results/vad-offline.json"),
 ) -> dict[str, Any]:
     """Stream the chosen tracks through a server per VAD; compare with offline; print a table."""
     chosen = [t for t in tracks if t.name in names]
     model = model_dir or builtin_model_dir()
-    columns: dict[str, list[TrackResult]] = {"offline": offline(chosen, model)}
+    columns: dict[str, list[TrackResult]] = {"offline": offline(chosen, model, offline_cache)}
     for vad in vads:
         columns[f"server {vad}"] = through_server(chosen, vad, speed, model, log_dir)
     print(f"\nend to end ({speed:g}x real time): WER % / invented words per track")
