@@ -221,6 +221,8 @@ class Downloader:
                 f"{job.entry.path}: part {job.index} (bytes {job.start}-{last}) does not match the "
                 "manifest; the object in the bucket differs from what was pushed (push it again)"
             )
+        # Flush while other parts still download, so the sync before promotion is short.
+        await _in_thread(os.fdatasync, fd)
 
     async def _get_range(
         self, job: PartJob, key: str, fd: int, digest: hashlib._Hash, done: list[int]

@@ -45,3 +45,19 @@ class IntegrityError(HydrationError):
 
 class DiskSpaceError(HydrationError):
     """The cache directory lacks the free space the download needs."""
+
+
+def primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a failed TaskGroup: an integrity failure, else the first."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending[:0] = list(current.exceptions)
+        else:
+            leaves.append(current)
+    for leaf in leaves:
+        if isinstance(leaf, IntegrityError):
+            return leaf
+    return leaves[0]

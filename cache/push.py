@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cache.errors import CacheError, PushError
+from cache.errors import CacheError, PushError, primary_error
 from cache.manifest import MANIFEST_NAME, FileEntry, Manifest, build_manifest
 from cache.s3 import (
     S3Location,
@@ -93,9 +93,12 @@ class _Uploader:
             self._transfer,
             f"DELETE {manifest_key}",
         )
-        async with asyncio.TaskGroup() as group:
-            for entry in manifest.files:
-                group.create_task(self._upload_file(entry))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for entry in manifest.files:
+                    group.create_task(self._upload_file(entry))
+        except BaseExceptionGroup as failed:
+            raise primary_error(failed)  # noqa: B904 - the group is kept as __context__
         body = manifest.encode()
         await with_retries(
             lambda: self._client.put_object(
@@ -127,11 +130,14 @@ class _Uploader:
         upload_id = created["UploadId"]
         count = math.ceil(entry.size / UPLOAD_PART_BYTES)
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._upload_part(entry, key, upload_id, number))
-                    for number in range(1, count + 1)
-                ]
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(self._upload_part(entry, key, upload_id, number))
+                        for number in range(1, count + 1)
+                    ]
+            except BaseExceptionGroup as failed:
+                raise primary_error(failed)  # noqa: B904 - the group is kept as __context__
             parts: list[CompletedPartTypeDef] = [task.result() for task in tasks]
             await with_retries(
                 lambda: self._client.complete_multipart_upload(
