@@ -245,11 +245,22 @@ async def test_tampered_object_is_refused_and_nothing_promoted(
     assert finished == []  # at most an unverified .partial/tokenizer.json remains
 
 
-class CuttableProxy:
-    """A TCP relay to the S3 server that can drop every connection at once, then come back."""
+SLOW_DOWN = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 
-    def __init__(self, upstream_port: int) -> None:
+
+class CuttableProxy:
+    """A TCP relay to the S3 server that can drop every connection at once, then come back.
+
+    The first `refuse_connections` connections get a 503 SlowDown instead of the relay.
+    """
+
+    def __init__(self, upstream_port: int, refuse_connections: int = 0) -> None:
         self.upstream_port = upstream_port
+        self.refuse_connections = refuse_connections
+        self.refused = 0
         self.port = 0
         self.cut_count = 0
         self._server: asyncio.Server | None = None
@@ -271,6 +282,16 @@ class CuttableProxy:
         self.cut_count += 1
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.refused < self.refuse_connections:
+            self.refused += 1
+            await client_r.readuntil(b"\r\n\r\n")
+            client_w.write(
+                b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(SLOW_DOWN), SLOW_DOWN)
+            )
+            await client_w.drain()
+            client_w.close()
+            return
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._writers.update((client_w, server_w))
 
@@ -319,7 +340,29 @@ async def test_interrupted_download_resumes_from_verified_parts(
     refetched = progress.bytes_total - progress.bytes_reused
     # Only parts that were in flight when the connection dropped are fetched twice.
     assert progress.bytes_reused >= cut_after_bytes - transfer.max_concurrency * part_bytes
-    assert 0 < refetched < progress.bytes_total - cut_after_bytes + 2 * part_bytes
+    assert 0 < refetched <= progress.bytes_total - cut_after_bytes + 2 * part_bytes
+
+
+async def test_slow_down_answers_are_retried_with_backoff(s3_endpoint: str, tmp_path: Path) -> None:
+    model = _small_model(tmp_path / "small", b"retry")
+    pushed = await _push(s3_endpoint, model)
+    proxy = CuttableProxy(int(s3_endpoint.rsplit(":", 1)[1]), refuse_connections=3)
+    await proxy.start()
+    transfer = TransferConfig(max_attempts=4, backoff_base_s=0.01)
+    path = await hydrate(
+        pushed.source, tmp_path / "cache", endpoint_url=proxy.url, transfer=transfer
+    )
+    assert proxy.refused == 3
+    _assert_same_model(path, model)
+
+    proxy.refused = 0  # three refusals exhaust three attempts: the error says why
+    with pytest.raises(RemoteError, match=r"SlowDown \(HTTP 503\).*after 3 attempts"):
+        await hydrate(
+            pushed.source,
+            tmp_path / "other-cache",
+            endpoint_url=proxy.url,
+            transfer=TransferConfig(max_attempts=3, backoff_base_s=0.01),
+        )
 
 
 def _pull_cmd(pushed: Pushed, cache: Path, *extra: str) -> list[str]:
