@@ -214,13 +214,14 @@ def median_table(runs: Sequence[Run], tools: Sequence[str]) -> dict[str, dict[st
 def print_table(runs: Sequence[Run], summary: dict[str, dict[str, float]]) -> None:
     print(f"{'rep':>3}  {'tool':<11} {'seconds':>8} {'MiB/s':>8}")
     for run in runs:
-        print(f"{run.rep:>3}  {run.tool:<11} {run.seconds:>8.3f} {run.mib_per_s:>8.1f}")
+        rate = f"{run.mib_per_s:>8.1f}" if run.bytes else f"{'-':>8}"
+        print(f"{run.rep:>3}  {run.tool:<11} {run.seconds:>8.3f} {rate}")
     print()
     print(f"{'tool':<11} {'median s':>9} {'min s':>7} {'max s':>7} {'median MiB/s':>13}")
     for tool, row in summary.items():
+        rate = f"{row['median_mib_per_s']:>13.1f}" if row["bytes"] else f"{'-':>13}"
         print(
-            f"{tool:<11} {row['median_s']:>9.3f} {row['min_s']:>7.3f} {row['max_s']:>7.3f} "
-            f"{row['median_mib_per_s']:>13.1f}"
+            f"{tool:<11} {row['median_s']:>9.3f} {row['min_s']:>7.3f} {row['max_s']:>7.3f} {rate}"
         )
 
 
