@@ -169,14 +169,20 @@ async def open_client(settings: S3Settings, transfer: TransferConfig) -> AsyncIt
         connect_timeout=transfer.connect_timeout_s,
         read_timeout=transfer.read_timeout_s,
     )
-    async with _session().create_client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        config=config,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            client = await stack.enter_async_context(
+                _session().create_client(
+                    "s3",
+                    endpoint_url=settings.endpoint_url,
+                    region_name=settings.region,
+                    aws_access_key_id=settings.access_key_id,
+                    aws_secret_access_key=settings.secret_access_key,
+                    config=config,
+                )
+            )
+        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"cannot set up an S3 client: {describe(exc)}") from exc
         yield client
 
 
