@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from server.asr import AsrRequest, AsrResult
 from server.protocol import (
     Error,
     ErrorCode,
@@ -30,13 +31,16 @@ from server.protocol import (
     to_json,
 )
 from server.runtime import Phase, Runtime, model_info
+from server.scheduler import Job
 from server.session import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
     CLOSE_TRY_AGAIN,
     Action,
+    Cancel,
     Close,
+    Promote,
     Send,
     Session,
     SessionConfig,
@@ -90,7 +94,9 @@ class Connection:
         self._backlog_ok.set()
         self._closed = asyncio.Event()
         self._close_code: int | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._submitted_s: dict[int, tuple[float, bool]] = {}
+        self._jobs: dict[int, Job[AsrRequest, AsrResult]] = {}
         self._finals_queued = 0
         self._control_tokens = runtime.settings.limits.max_control_per_s
         self._control_stamp = time.monotonic()
@@ -128,7 +134,7 @@ class Connection:
             rt.metrics.refused_total.labels(error_code.lower()).inc()
             self.log.info("refused: %s", error_code)
             self._apply(self.session.fail(error_code, message, close_code))
-            await self._send_loop()
+            await asyncio.gather(self._send_loop(), self._discard_incoming())
             return
         rt.connections.add(self)
         rt.metrics.sessions_total.inc()
@@ -143,7 +149,7 @@ class Connection:
         sender = asyncio.create_task(self._send_loop())
         client_gone = False
         try:
-            client_gone = await self._read_loop(started)
+            client_gone = await self._read_loop(started) or await self._discard_incoming()
         except Exception:
             self.log.exception("session failed")
             self._apply(
@@ -159,6 +165,10 @@ class Connection:
                 self._out_ready.set()
             with contextlib.suppress(Exception):
                 await sender
+            if self._closer is not None:
+                with contextlib.suppress(Exception):
+                    await self._closer
+            self.session.release()
             if rt.scheduler is not None:
                 rt.scheduler.cancel_session(self.request_id)
             rt.connections.discard(self)
@@ -228,24 +238,26 @@ class Connection:
                 await self._backlog_ok.wait()
                 continue
             now = time.monotonic()
+            if now >= session_deadline:
+                # Checked here too: recv() never times out while frames are buffered.
+                self._fail(
+                    "SESSION_TOO_LONG",
+                    f"sessions are limited to {limits.max_session_s:.0f} s; reconnect",
+                )
+                return False
             idle_s = limits.idle_timeout_s
-            timeout_s = min(idle_s, session_deadline - now)
             try:
-                async with asyncio.timeout(max(0.0, timeout_s)):
+                async with asyncio.timeout(min(idle_s, session_deadline - now)):
                     frame = await self.ws.recv()
             except TimeoutError:
                 if self.session.state is not State.OPEN:
                     return False
                 if time.monotonic() >= session_deadline:
-                    self._fail(
-                        "SESSION_TOO_LONG",
-                        f"sessions are limited to {limits.max_session_s:.0f} s; reconnect",
-                    )
-                else:
-                    self._fail(
-                        "IDLE_TIMEOUT",
-                        f"no audio or KeepAlive for {idle_s:g} s; send KeepAlive while silent",
-                    )
+                    continue  # reported at the top of the loop
+                self._fail(
+                    "IDLE_TIMEOUT",
+                    f"no audio or KeepAlive for {idle_s:g} s; send KeepAlive while silent",
+                )
                 return False
             except ConnectionClosed:
                 return self._close_code is None
@@ -253,7 +265,23 @@ class Connection:
                 self._apply(self.session.feed_audio(frame))
             else:
                 self._on_text(frame)
+            # recv() returns without yielding while frames are buffered: yield once per
+            # frame so that this session's sender and the other sessions get their turn.
+            await asyncio.sleep(0)
         return False
+
+    async def _discard_incoming(self) -> bool:
+        """Read and drop frames until the connection closes; True when the client closed it.
+
+        Frames left unread fill websockets' queue, which then stops reading the socket, and
+        a client still sending would never have its close frame seen: our close would wait
+        for the timeout and abort.
+        """
+        while True:
+            try:
+                await self.ws.recv()
+            except ConnectionClosed:
+                return self._close_code is None
 
     def _on_text(self, text: str) -> None:
         assert self.session is not None
@@ -291,6 +319,8 @@ class Connection:
                 self._enqueue(action.message)
             elif isinstance(action, Transcribe):
                 self._submit(action)
+            elif isinstance(action, Promote | Cancel):
+                self._steer(action)
             else:
                 self._out.append(_Outgoing(None, True, action))
                 self._out_ready.set()
@@ -301,19 +331,34 @@ class Connection:
         scheduler = self.runtime.scheduler
         assert scheduler is not None and self.session is not None
         request = action.request
-        self._submitted_s[action.ticket] = (time.monotonic(), request.final)
+        if not action.speculative:
+            self._submitted_s[action.ticket] = (time.monotonic(), request.final)
 
         def done(outcome: object) -> None:
+            self._jobs.pop(action.ticket, None)
             self._on_result(action.ticket, outcome)
 
-        scheduler.submit(
+        self._jobs[action.ticket] = scheduler.submit(
             self._loop,
             self.request_id,
             request,
             final=request.final,
             batch_key=(request.language, request.hotwords, request.final),
             on_done=done,
+            speculative=action.speculative,
         )
+
+    def _steer(self, action: Promote | Cancel) -> None:
+        scheduler = self.runtime.scheduler
+        job = self._jobs.get(action.ticket)
+        if scheduler is None or job is None:
+            return  # already done: a promoted result is in hand, a cancelled one is ignored
+        if isinstance(action, Promote):
+            self._submitted_s[action.ticket] = (time.monotonic(), True)
+            scheduler.promote(job)
+        else:
+            self._jobs.pop(action.ticket, None)
+            scheduler.withdraw(job)
 
     def _on_result(self, ticket: int, outcome: object) -> None:
         assert self.session is not None
@@ -349,8 +394,9 @@ class Connection:
                 self._finals_queued = 0
                 assert self.session is not None
                 self.session.state = State.CLOSED
-                self._out.append(_Outgoing(None, True, Close(CLOSE_POLICY, "SLOW_CLIENT")))
-                self._out_ready.set()
+                # The sender may be stuck in send() on a full socket: close from here, so
+                # that _close's timeout aborts the transport and so unblocks the sender.
+                self._closer = self._loop.create_task(self._close(CLOSE_POLICY, "SLOW_CLIENT"))
                 return
             self._finals_queued += 1
         self._out.append(_Outgoing(to_json(message), not interim))
@@ -382,6 +428,7 @@ class Connection:
         self._close_code = code
         self._closed.set()
         self._backlog_ok.set()
+        self._out_ready.set()
         try:
             async with asyncio.timeout(_CLOSE_WAIT_S):
                 await self.ws.close(code, reason[:100])

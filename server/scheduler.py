@@ -5,7 +5,9 @@
   final's virtual start is one past the later of its session's previous final and the
   last one served, so a session uploading at 20x real time queues many finals and gets
   its turn, but a live session's single final goes into the very next round;
-- a session's newer interim request replaces its queued older one (coalescing);
+- speculative finals (asked for at a pause, before the endpoint confirms it) come after
+  finals and before interims; `promote` turns one into a final, `withdraw` drops it;
+- a session's newer interim (or speculative) request replaces its queued older one;
 - a batch holds requests of one batch key (what the engine can share a call for) and
   closes when full or when its oldest request's wait reaches `batch_wait_ms`.
 
@@ -48,9 +50,19 @@ class Job(Generic[Req, Res]):
     batch_key: Hashable
     enqueued_s: float
     on_done: Callable[[Res | BaseException], None]
+    speculative: bool = False
     seq: int = 0
     vstart: int = 0
     cancelled: bool = False
+
+    @property
+    def background(self) -> bool:
+        """Work that must leave a worker free for finals: interims and speculation."""
+        return self.speculative or not self.final
+
+    @property
+    def kind(self) -> int:
+        return 1 if self.speculative else (0 if self.final else 2)
 
 
 @dataclass
@@ -61,12 +73,13 @@ class BatchQueue(Generic[Req, Res]):
     batch_wait_s: float = 0.0
     _finals: list[Job[Req, Res]] = field(default_factory=list)
     _interims: dict[str, Job[Req, Res]] = field(default_factory=dict)
+    _specs: dict[str, Job[Req, Res]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _vnow: int = 0
     _vlast: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self._finals) + len(self._interims)
+        return len(self._finals) + len(self._interims) + len(self._specs)
 
     @property
     def finals_waiting(self) -> int:
@@ -75,22 +88,39 @@ class BatchQueue(Generic[Req, Res]):
     def submit(self, job: Job[Req, Res]) -> Job[Req, Res] | None:
         """Queue a job; returns the interim it replaced, if any."""
         job.seq = next(self._seq)
-        if job.final:
-            job.vstart = max(self._vnow, self._vlast.get(job.session_id, 0)) + 1
-            self._vlast[job.session_id] = job.vstart
-            self._finals.append(job)
+        if job.final and not job.speculative:
+            self._enqueue_final(job)
             return None
-        replaced = self._interims.pop(job.session_id, None)
-        self._interims[job.session_id] = job
+        lane = self._specs if job.speculative else self._interims
+        replaced = lane.pop(job.session_id, None)
+        lane[job.session_id] = job
         return replaced
+
+    def _enqueue_final(self, job: Job[Req, Res]) -> None:
+        job.vstart = max(self._vnow, self._vlast.get(job.session_id, 0)) + 1
+        self._vlast[job.session_id] = job.vstart
+        self._finals.append(job)
+
+    def promote(self, job: Job[Req, Res]) -> None:
+        """A speculative job became a final: if still queued, it moves to the finals."""
+        job.speculative = False
+        if self._specs.get(job.session_id) is job:
+            del self._specs[job.session_id]
+            self._enqueue_final(job)
+
+    def withdraw(self, job: Job[Req, Res]) -> None:
+        """Drop a queued job (a speculative one nobody wants any more)."""
+        job.cancelled = True
+        if self._specs.get(job.session_id) is job:
+            del self._specs[job.session_id]
 
     def drop_session(self, session_id: str) -> list[Job[Req, Res]]:
         """Remove every queued job of a session that went away."""
         gone = [j for j in self._finals if j.session_id == session_id]
         self._finals = [j for j in self._finals if j.session_id != session_id]
-        interim = self._interims.pop(session_id, None)
+        others = [lane.pop(session_id, None) for lane in (self._interims, self._specs)]
         self._vlast.pop(session_id, None)
-        return [*gone, *([interim] if interim else [])]
+        return [*gone, *(j for j in others if j is not None)]
 
     def next_batch(
         self, now_s: float, *, allow_interims: bool = True
@@ -98,18 +128,20 @@ class BatchQueue(Generic[Req, Res]):
         """Pop the next batch if one is due; else return ([], seconds until one is due or None)."""
         candidates = sorted(self._finals, key=lambda j: (j.vstart, j.seq))
         if allow_interims:
+            candidates += sorted(self._specs.values(), key=lambda j: j.seq)
             candidates += sorted(self._interims.values(), key=lambda j: j.seq)
         if not candidates:
             return [], None
         head = candidates[0]
-        same = [j for j in candidates if j.final == head.final and j.batch_key == head.batch_key][
-            : self.max_batch
-        ]
+        same = [j for j in candidates if j.kind == head.kind and j.batch_key == head.batch_key]
+        same = same[: self.max_batch]
         waited_s = now_s - min(j.enqueued_s for j in same)
         if len(same) < self.max_batch and waited_s < self.batch_wait_s:
             return [], self.batch_wait_s - waited_s
         for job in same:
-            if job.final:
+            if job.speculative:
+                del self._specs[job.session_id]
+            elif job.final:
                 self._finals.remove(job)
                 self._vnow = max(self._vnow, job.vstart)
             else:
@@ -189,6 +221,7 @@ class Scheduler(Generic[Req, Res]):
         final: bool,
         batch_key: Hashable,
         on_done: Callable[[Res | BaseException], None],
+        speculative: bool = False,
     ) -> Job[Req, Res]:
         """Queue a request; `on_done` runs on `loop` with the result or the exception."""
 
@@ -200,13 +233,24 @@ class Scheduler(Generic[Req, Res]):
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(deliver, outcome)
 
-        job: Job[Req, Res] = Job(session_id, final, request, batch_key, self._clock(), threadsafe)
+        job: Job[Req, Res] = Job(
+            session_id, final, request, batch_key, self._clock(), threadsafe, speculative
+        )
         with self._cond:
             replaced = self._queue.submit(job)
             if replaced is not None:
                 replaced.cancelled = True
             self._cond.notify()
         return job
+
+    def promote(self, job: Job[Req, Res]) -> None:
+        with self._cond:
+            self._queue.promote(job)
+            self._cond.notify()
+
+    def withdraw(self, job: Job[Req, Res]) -> None:
+        with self._cond:
+            self._queue.withdraw(job)
 
     def cancel_session(self, session_id: str) -> None:
         with self._cond:
@@ -230,7 +274,8 @@ class Scheduler(Generic[Req, Res]):
 
     # -------------------------------------------------------------- workers
 
-    def _take(self) -> list[Job[Req, Res]] | None:
+    def _take(self) -> tuple[list[Job[Req, Res]], bool] | None:
+        """The next batch and whether it counts as background work (None: stopping)."""
         with self._cond:
             while True:
                 if self._stopping:
@@ -238,25 +283,25 @@ class Scheduler(Generic[Req, Res]):
                 allow_interims = self._busy_interim < self._interim_slots
                 batch, wait_s = self._queue.next_batch(self._clock(), allow_interims=allow_interims)
                 if batch:
+                    background = batch[0].background  # promotion may change it later
                     self._busy += 1
-                    if not batch[0].final:
-                        self._busy_interim += 1
-                    return batch
+                    self._busy_interim += background
+                    return batch, background
                 self._cond.wait(timeout=wait_s)
 
-    def _done(self, batch: Sequence[Job[Req, Res]]) -> None:
+    def _done(self, background: bool) -> None:
         with self._cond:
             self._busy -= 1
-            if not batch[0].final:
-                self._busy_interim -= 1
+            self._busy_interim -= background
             self._cond.notify_all()
 
     def _work(self) -> None:
-        while (batch := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            batch, background = taken
             try:
                 self._run(batch)
             finally:
-                self._done(batch)
+                self._done(background)
 
     def _run(self, batch: Sequence[Job[Req, Res]]) -> None:
         live = [job for job in batch if not job.cancelled]

@@ -11,6 +11,13 @@ States and transitions (the only ones there are):
 Audio becomes 16 kHz frames, each frame a speech decision, the segmenter cuts utterances.
 An utterance that ends asks for a final (`Transcribe`); while it grows, interims are asked
 for on a cadence measured in stream time (so results do not depend on wall-clock speed).
+Speculative finals: when an open utterance has been silent for `speculate_ms`, its final
+is asked for at once (`Transcribe(speculative=True)`, scheduled after finals and before
+interims). If the silence becomes the endpoint, that request is promoted (`Promote`) and
+becomes the final, so the final's latency is counted from the pause rather than from the
+endpoint; if speech resumes first, it is withdrawn (`Cancel`). Only trailing silence
+separates the audio it transcribed from the utterance's full span.
+
 Finals are released strictly in utterance order; interims of an utterance are dropped once
 it is final. Interims of the open utterance may come before the final of an earlier one
 (the scheduler serves finals first, so that only happens when the final is still running).
@@ -80,6 +87,21 @@ class Send:
 class Transcribe:
     ticket: int
     request: AsrRequest
+    speculative: bool = False
+
+
+@dataclass(frozen=True)
+class Promote:
+    """A speculative request became the utterance's final: schedule it as one."""
+
+    ticket: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """A speculative request is no longer wanted (speech resumed)."""
+
+    ticket: int
 
 
 @dataclass(frozen=True)
@@ -88,7 +110,7 @@ class Close:
     reason: str
 
 
-Action = Send | Transcribe | Close
+Action = Send | Transcribe | Promote | Cancel | Close
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,8 @@ class SessionConfig:
     interim_interval_ms: int = 700
     first_interim_ms: int = 500
     max_pending_finals: int = 8
+    speculate_ms: int | None = 240
+    """Silence after which an open utterance's final is asked for early (None: never)."""
 
 
 @dataclass
@@ -106,6 +130,13 @@ class _Open:
     start_frame: int
     onset_frame: int
     last_interim_frame: int | None = None
+
+
+@dataclass
+class _Speculation:
+    utterance: int
+    ticket: int
+    result: AsrResult | None = None
 
 
 @dataclass
@@ -178,6 +209,8 @@ class Session:
         self._tickets = itertools.count(1)
         self._utterances = itertools.count()
         self._interim_ticket: int | None = None
+        self._spec: _Speculation | None = None
+        self._silent_frames = 0
         self._interim_for: tuple[int, int] | None = None  # (utterance index, end frame)
         self._last_word_end_s: float | None = None
         self._utterance_end_sent = True
@@ -254,6 +287,9 @@ class Session:
         if ticket == self._interim_ticket:
             self._interim_ticket = None
             return self._interim_result(result)
+        if self._spec is not None and ticket == self._spec.ticket:
+            self._spec.result = result  # kept until the endpoint decides its fate
+            return []
         for pending in self._pending:
             if pending.ticket == ticket:
                 pending.result = result
@@ -291,12 +327,18 @@ class Session:
         for frame in self._framer.push(samples):
             self._frames.append(frame)
             is_speech = self.classifier.is_speech(frame)
+            self._silent_frames = 0 if is_speech else self._silent_frames + 1
             for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
                 actions += self._on_vad_event(event)
+            actions += self._maybe_speculate(is_speech)
         actions += self._maybe_interim()
         actions += self._maybe_utterance_end()
         self._trim_frames()
         return actions
+
+    def _drop_speculation(self) -> list[Action]:
+        spec, self._spec = self._spec, None
+        return [Cancel(spec.ticket)] if spec is not None else []
 
     def _on_vad_event(self, event: VadSpeechStarted | SpeechEnded) -> list[Action]:
         if isinstance(event, VadSpeechStarted):
@@ -306,7 +348,7 @@ class Session:
             return []
         opened, self._open = self._open, None
         if opened is None or event.discard:
-            return []
+            return self._drop_speculation()
         return self._request_final(
             opened,
             event.end_frame,
@@ -314,11 +356,32 @@ class Session:
             from_finalize=False,
         )
 
+    def _maybe_speculate(self, is_speech: bool) -> list[Action]:
+        spec = self._spec
+        if spec is not None and is_speech:
+            self._spec = None  # speech resumed: that guess is stale
+            return [Cancel(spec.ticket)]
+        opened = self._open
+        limit_ms = self.config.speculate_ms
+        if (
+            spec is not None
+            or opened is None
+            or limit_ms is None
+            or self.state is not State.OPEN
+            or self._silent_frames != self._frames_for(limit_ms)
+        ):
+            return []
+        ticket = next(self._tickets)
+        self._spec = _Speculation(opened.index, ticket)
+        audio = self._audio(opened.start_frame, self._segmenter.frames_seen)
+        request = AsrRequest(audio, self.options.language, self._hotwords, final=True)
+        return [Transcribe(ticket, request, speculative=True)]
+
     def _flush(self, *, speech_final: bool, from_finalize: bool) -> list[Action]:
         event = self._segmenter.flush()
         opened, self._open = self._open, None
         if event is None or opened is None or event.discard:
-            return []
+            return self._drop_speculation()
         return self._request_final(
             opened, event.end_frame, speech_final=speech_final, from_finalize=from_finalize
         )
@@ -347,6 +410,22 @@ class Session:
     def _request_final(
         self, opened: _Open, end_frame: int, *, speech_final: bool, from_finalize: bool
     ) -> list[Action]:
+        self.counters.utterances += 1
+        spec, self._spec = self._spec, None
+        if spec is not None and spec.utterance == opened.index:
+            # Nothing but silence since the guess was made: it is the final.
+            pending = _PendingFinal(
+                opened.index,
+                spec.ticket,
+                opened.start_frame,
+                end_frame,
+                speech_final,
+                from_finalize,
+                spec.result,
+            )
+            self._pending.append(pending)
+            return [Promote(spec.ticket)] + (self._release_finals() if spec.result else [])
+        actions: list[Action] = [Cancel(spec.ticket)] if spec is not None else []
         ticket = next(self._tickets)
         audio = self._audio(opened.start_frame, end_frame)
         self._pending.append(
@@ -354,9 +433,8 @@ class Session:
                 opened.index, ticket, opened.start_frame, end_frame, speech_final, from_finalize
             )
         )
-        self.counters.utterances += 1
         request = AsrRequest(audio, self.options.language, self._hotwords, final=True)
-        return [Transcribe(ticket, request)]
+        return [*actions, Transcribe(ticket, request)]
 
     # ------------------------------------------------------------------ interims
 
@@ -367,6 +445,7 @@ class Session:
             or self.state is not State.OPEN
             or opened is None
             or self._interim_ticket is not None
+            or self._spec is not None
         ):
             return []
         now = self._segmenter.frames_seen

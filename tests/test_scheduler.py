@@ -149,3 +149,27 @@ async def test_failed_batch_retries_items_singly() -> None:
         assert engine.calls[0] == ["ok", "boom"], "both went in one batch first"
     finally:
         scheduler.stop()
+
+
+def test_speculative_jobs_sit_between_finals_and_interims() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=4)
+    interim = job("a", False, 0.0)
+    guess = Job("b", True, "b-guess", "en", 0.5, lambda _: None, speculative=True)
+    q.submit(interim)
+    q.submit(guess)
+    q.submit(job("c", True, 1.0))
+    order = [q.next_batch(2.0)[0][0].request for _ in range(3)]
+    assert order == ["c-1.0", "b-guess", "a-0.0"]
+
+
+def test_promote_and_withdraw() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=4)
+    guess = Job("b", True, "g", "en", 0.0, lambda _: None, speculative=True)
+    q.submit(guess)
+    q.promote(guess)
+    assert not guess.speculative and q.finals_waiting == 1
+    other = Job("c", True, "h", "en", 0.0, lambda _: None, speculative=True)
+    q.submit(other)
+    q.withdraw(other)
+    assert other.cancelled and len(q) == 1
+    assert q.next_batch(1.0, allow_interims=False)[0] == [guess]

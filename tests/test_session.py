@@ -165,3 +165,33 @@ def test_failure_result_ends_session_with_1011() -> None:
     assert isinstance(out[-1], Close) and out[-1].code == 1011
     errors = [a.message for a in out if isinstance(a, Send)]
     assert "boom" not in str(errors), "internal details never reach a client"
+
+
+def test_a_pause_asks_for_the_final_early_and_the_endpoint_promotes_it() -> None:
+    from server.session import Promote
+
+    session = new_session(encoding="linear16")
+    pause = bytes(32000 * 3 // 10)  # 300 ms: past speculate_ms, short of the endpoint
+    actions = feed(session, speech()[: 32000 * 2] + pause, [3200])
+    (guess,) = [t for t in transcribes(actions) if t.speculative]
+    assert guess.request.final
+    early = session.on_result(guess.ticket, result("and so my"))
+    assert sent(early, Results) == [], "a guess is not sent before the endpoint confirms it"
+    actions = feed(session, SILENCE_1S, [3200])
+    assert [a for a in actions if isinstance(a, Promote)] == [Promote(guess.ticket)]
+    assert transcribes(actions) == [], "no second transcription of the same audio"
+    (final,) = sent(actions, Results)
+    assert isinstance(final, Results) and final.is_final and final.speech_final
+    assert final.transcript == "and so my"
+
+
+def test_speech_after_a_pause_withdraws_the_guess() -> None:
+    from server.session import Cancel
+
+    session = new_session(encoding="linear16")
+    pcm = speech()
+    pause = bytes(32000 * 3 // 10)
+    actions = feed(session, pcm[: 32000 * 2] + pause, [3200])
+    (guess,) = [t for t in transcribes(actions) if t.speculative]
+    actions = feed(session, pcm[32000 * 2 : 32000 * 3], [3200])
+    assert Cancel(guess.ticket) in actions
