@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -237,10 +238,22 @@ def run(settings: RunSettings) -> RunResult:
     return RunResult(reports=tuple(reports), capacity=caps, offline=offline)
 
 
+def _git_head() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def to_json(result: RunResult, settings: RunSettings) -> dict[str, object]:
     """The run as a JSON-ready dict."""
     config = asdict(settings)
     return {
+        "git_head": _git_head(),
+        "cpu_count": os.cpu_count(),
         "config": json.loads(json.dumps(config, default=str)),
         "capacity": result.capacity,
         "levels": [r.to_json() for r in result.reports],

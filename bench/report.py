@@ -65,6 +65,8 @@ class LevelReport:
     cpu_s: float
     cpu_cores: float
     rss_peak_mb: float
+    machine_busy_cores: float  # every process on the machine: shows load from others
+    load_avg_1m: float
     audio_s: float
     errors: tuple[str, ...]
     meets_target: bool
@@ -180,6 +182,8 @@ def score_level(
         cpu_s=round(usage.cpu_s, 1),
         cpu_cores=round(usage.cpu_cores, 2),
         rss_peak_mb=round(usage.rss_peak_mb, 1),
+        machine_busy_cores=round(usage.machine_busy_cores, 2),
+        load_avg_1m=round(usage.load_avg_1m, 2),
         audio_s=round(audio_s, 1),
         errors=tuple(errors[:10]),
         meets_target=meets(level, rule),
@@ -214,6 +218,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("offline_wer", "offline"),
     ("cpu_cores", "CPU cores"),
     ("rss_peak_mb", "RSS MB"),
+    ("machine_busy_cores", "machine cores"),
     ("meets_target", "ok"),
 )
 

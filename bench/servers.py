@@ -176,6 +176,8 @@ class ResourceUsage:
     wall_s: float
     rss_peak_mb: float
     rss_mean_mb: float
+    machine_busy_cores: float = 0.0  # all processes on the machine, ours and others
+    load_avg_1m: float = 0.0  # at the end of the stretch
 
     @property
     def cpu_cores(self) -> float:
@@ -208,6 +210,11 @@ def _rss_bytes(procs: Sequence[psutil.Process]) -> int:
     return total
 
 
+def _machine_busy_s() -> float:
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
 class ResourceMonitor:
     """Samples a process tree's RSS on a background thread; CPU from cpu_times at both ends."""
 
@@ -219,6 +226,7 @@ class ResourceMonitor:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._cpu0_s = 0.0
         self._wall0_s = 0.0
+        self._machine0_s = 0.0
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -226,6 +234,7 @@ class ResourceMonitor:
 
     def start(self) -> None:
         self._cpu0_s = _cpu_s(_tree(self._pid))
+        self._machine0_s = _machine_busy_s()
         self._wall0_s = time.monotonic()
         self._samples.append(_rss_bytes(_tree(self._pid)))
         self._thread.start()
@@ -234,6 +243,7 @@ class ResourceMonitor:
         procs = _tree(self._pid)
         cpu_s = _cpu_s(procs) - self._cpu0_s
         wall_s = time.monotonic() - self._wall0_s
+        machine_s = _machine_busy_s() - self._machine0_s
         self._stop.set()
         self._thread.join()
         self._samples.append(_rss_bytes(procs))
@@ -243,4 +253,6 @@ class ResourceMonitor:
             wall_s=wall_s,
             rss_peak_mb=max(mb, default=0.0),
             rss_mean_mb=sum(mb) / len(mb) if mb else 0.0,
+            machine_busy_cores=machine_s / wall_s if wall_s > 0 else 0.0,
+            load_avg_1m=os.getloadavg()[0],
         )
