@@ -119,7 +119,7 @@ def _ours_caption(message: dict[str, object], arrival_wall_s: float) -> Caption 
     )
 
 
-async def _receive_ours(ws: ClientConnection, result: ClientResult, refused: asyncio.Event) -> None:
+async def _receive_ours(ws: ClientConnection, result: ClientResult, stop: asyncio.Event) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for raw in ws:
             arrival = time.monotonic()
@@ -139,7 +139,7 @@ async def _receive_ours(ws: ClientConnection, result: ClientResult, refused: asy
                 result.errors.append(f"{code}: {message.get('message', '')}")
                 if code in REFUSAL_CODES:
                     result.refused = True
-                    refused.set()
+                    stop.set()
 
 
 async def stream_ours(base_ws_url: str, stream: ClientStream, pace: PaceSettings) -> ClientResult:
@@ -154,15 +154,15 @@ async def stream_ours(base_ws_url: str, stream: ClientStream, pace: PaceSettings
             ping_interval=None,
             close_timeout=5,
         ) as ws:
-            refused = asyncio.Event()
-            receiver = asyncio.create_task(_receive_ours(ws, result, refused))
+            stop = asyncio.Event()
+            receiver = asyncio.create_task(_receive_ours(ws, result, stop))
             sender = asyncio.create_task(
-                _send_paced(ws, stream.samples, pace, result.send_log, refused, as_float32=False)
+                _send_paced(ws, stream.samples, pace, result.send_log, stop, as_float32=False)
             )
             # A close by the server (refusal, error) ends the receiver; stop sending then.
             await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
             if receiver.done():
-                refused.set()
+                stop.set()
             await sender
             if not receiver.done():
                 with contextlib.suppress(ConnectionClosed):
