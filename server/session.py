@@ -16,7 +16,9 @@ is asked for at once (`Transcribe(speculative=True)`, scheduled after finals and
 interims). If the silence becomes the endpoint, that request is promoted (`Promote`) and
 becomes the final, so the final's latency is counted from the pause rather than from the
 endpoint; if speech resumes first, it is withdrawn (`Cancel`). Only trailing silence
-separates the audio it transcribed from the utterance's full span.
+separates the audio it transcribed from the utterance's full span. Adaptive endpointing
+builds on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to
+the server, the utterance may close after `sentence_end_ms` of silence instead.
 
 Finals are released strictly in utterance order; interims of an utterance are dropped once
 it is final. Interims of the open utterance may come before the final of an earlier one
@@ -122,6 +124,8 @@ class SessionConfig:
     max_pending_finals: int = 8
     speculate_ms: int | None = 240
     """Silence after which an open utterance's final is asked for early (None: never)."""
+    sentence_end_ms: int | None = 300
+    """Endpointing after a guess that ends a sentence (None: no adaptive endpointing)."""
 
 
 @dataclass
@@ -215,6 +219,13 @@ class Session:
         self._last_word_end_s: float | None = None
         self._utterance_end_sent = True
         self._hotwords = " ".join(opts.keyterms) or None
+        self._adaptive = (
+            self.config.sentence_end_ms is not None
+            and endpointing is not None
+            and opts.endpointing_ms is None
+            and self.config.sentence_end_ms < endpointing
+        )
+        self._endpointing_ms = endpointing
         self._close_code = CLOSE_NORMAL
 
     # ------------------------------------------------------------------ inputs
@@ -289,6 +300,8 @@ class Session:
             return self._interim_result(result)
         if self._spec is not None and ticket == self._spec.ticket:
             self._spec.result = result  # kept until the endpoint decides its fate
+            if self._adaptive and result.text.rstrip().endswith((".", "?", "!")):
+                self._segmenter.set_endpointing_ms(self.config.sentence_end_ms)
             return []
         for pending in self._pending:
             if pending.ticket == ticket:
@@ -338,10 +351,14 @@ class Session:
 
     def _drop_speculation(self) -> list[Action]:
         spec, self._spec = self._spec, None
+        if self._adaptive:
+            self._segmenter.set_endpointing_ms(self._endpointing_ms)
         return [Cancel(spec.ticket)] if spec is not None else []
 
     def _on_vad_event(self, event: VadSpeechStarted | SpeechEnded) -> list[Action]:
         if isinstance(event, VadSpeechStarted):
+            if self._adaptive:
+                self._segmenter.set_endpointing_ms(self._endpointing_ms)
             self._open = _Open(next(self._utterances), event.start_frame, event.onset_frame)
             if self.options.vad_events:
                 return [Send(SpeechStarted(event.onset_frame * self._frame_s))]
@@ -357,10 +374,9 @@ class Session:
         )
 
     def _maybe_speculate(self, is_speech: bool) -> list[Action]:
+        if self._spec is not None and is_speech:
+            return self._drop_speculation()  # speech resumed: that guess is stale
         spec = self._spec
-        if spec is not None and is_speech:
-            self._spec = None  # speech resumed: that guess is stale
-            return [Cancel(spec.ticket)]
         opened = self._open
         limit_ms = self.config.speculate_ms
         if (

@@ -195,3 +195,28 @@ def test_speech_after_a_pause_withdraws_the_guess() -> None:
     (guess,) = [t for t in transcribes(actions) if t.speculative]
     actions = feed(session, pcm[32000 * 2 : 32000 * 3], [3200])
     assert Cancel(guess.ticket) in actions
+
+
+def test_a_guess_that_ends_a_sentence_closes_the_utterance_sooner() -> None:
+    from server.session import Promote
+
+    def run(text: str) -> list[Action]:
+        session = new_session(encoding="linear16")
+        pause = bytes(32000 * 3 // 10)  # 300 ms of silence: the guess is out, no endpoint yet
+        actions = feed(session, speech()[: 32000 * 2] + pause, [3200])
+        (guess,) = [t for t in transcribes(actions) if t.speculative]
+        session.on_result(guess.ticket, result(text))
+        return feed(session, bytes(32000 * 6 // 100), [640])  # 60 ms more
+
+    assert any(isinstance(a, Promote) for a in run("And so, my fellow Americans."))
+    assert not any(isinstance(a, Promote) for a in run("and so my fellow"))
+
+
+def test_explicit_endpointing_is_never_shortened() -> None:
+    session = new_session(encoding="linear16", endpointing_ms=500)
+    pause = bytes(32000 * 3 // 10)
+    actions = feed(session, speech()[: 32000 * 2] + pause, [3200])
+    (guess,) = [t for t in transcribes(actions) if t.speculative]
+    session.on_result(guess.ticket, result("A sentence."))
+    assert transcribes(feed(session, bytes(32000 * 6 // 100), [640])) == []
+    assert session.backlog == 0
