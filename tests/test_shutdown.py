@@ -2,9 +2,9 @@
 Kubernetes do): /readyz turns 503, the open utterance is finalized and sent, then Metadata,
 then close 1001; the process exits 0 within the drain timeout; a second signal exits at once.
 
-A "silent" raw WebSocket client that never answers the server's close frame keeps the drain
-going (the server waits for it until its close wait or the drain timeout runs out), which
-gives the test a window in which the draining server can be observed.
+A raw WebSocket client that never answers the server's close frame keeps the drain going
+(the server waits for the reply until its close wait or the drain timeout runs out); the
+window opens when the client receives the close, so slow inference cannot shrink it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from server.app import EXIT_FORCED
 from tests.conftest import ServerProcess, reference_texts
 
 CLIP = "cmuarctic_a0024.wav"  # 4 s: "It was my reports from the north which chiefly induced..."
-DRAIN_TIMEOUT_S = 8.0
+DRAIN_TIMEOUT_S = 20.0  # the default; generous, so that slow inference on a busy CPU fits
 LISTEN_QUERY = "encoding=linear16&sample_rate=16000&channels=1"
 
 pytestmark = pytest.mark.slow
@@ -49,11 +49,11 @@ class Frame:
 class SilentWebSocket:
     """A raw RFC 6455 client that reads what the server sends but never answers a close."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, query: str = LISTEN_QUERY) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
-            f"GET /v1/listen?{LISTEN_QUERY} HTTP/1.1\r\n"
+            f"GET /v1/listen?{query} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -65,6 +65,28 @@ class SilentWebSocket:
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0]
         assert b" 101 " in status, f"handshake refused: {head!r}"
+
+    def send(self, payload: bytes | str) -> None:
+        """One masked frame, binary for bytes and text for str (RFC 6455 section 5.2)."""
+        opcode, data = (0x1, payload.encode()) if isinstance(payload, str) else (0x2, payload)
+        header = bytes([0x80 | opcode])
+        if len(data) < 126:
+            header += bytes([0x80 | len(data)])
+        elif len(data) < 1 << 16:
+            header += bytes([0x80 | 126]) + struct.pack("!H", len(data))
+        else:
+            header += bytes([0x80 | 127]) + struct.pack("!Q", len(data))
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(header + mask + masked)
+
+    def read_message(self) -> dict[str, Any]:
+        """The next text message (the server sends only text frames before its close)."""
+        frame = self.read_frame()
+        assert frame.opcode == 0x1, f"expected a text frame, got opcode {frame.opcode}"
+        parsed = json.loads(frame.payload)
+        assert isinstance(parsed, dict)
+        return parsed
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(65536)
@@ -125,30 +147,6 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
         return int(exc.code), json.loads(exc.read())
 
 
-async def open_utterance_then_sigterm(
-    server: ServerProcess, pcm: bytes
-) -> tuple[list[dict[str, Any]], int | None, float]:
-    """Stream speech with endpointing off (so the utterance stays open), SIGTERM, read all."""
-    url = f"{server.ws_url}/v1/listen?{LISTEN_QUERY}&endpointing=false"
-    async with connect(url, open_timeout=30) as ws:
-        for start in range(0, len(pcm), 3200):
-            await ws.send(pcm[start : start + 3200])
-        # Ordering barrier: frames are handled in order, so the Error for this bad control
-        # message proves every audio frame before it reached the session.
-        await ws.send("not json")
-        barrier = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
-        assert barrier["type"] == "Error" and barrier["code"] == "INVALID_MESSAGE", barrier
-        signalled_at = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        messages: list[dict[str, Any]] = []
-        try:
-            while True:
-                messages.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=60)))
-        except ConnectionClosed:
-            pass
-        return messages, ws.close_code, signalled_at
-
-
 async def refused_while_draining(server: ServerProcess) -> tuple[list[dict[str, Any]], int | None]:
     async with connect(f"{server.ws_url}/v1/listen?{LISTEN_QUERY}", open_timeout=30) as ws:
         messages: list[dict[str, Any]] = []
@@ -167,11 +165,20 @@ def test_sigterm_drains_open_utterance_then_exits_zero(
         "--drain-timeout-s", str(DRAIN_TIMEOUT_S), "--idle-timeout-s", "120", "--workers", "1"
     )
     assert get_json(f"{server.http_url}/readyz")[0] == 200
-    silent = SilentWebSocket(server.port)
+    pcm = clip_pcm(audio_dir)
+    # Endpointing off: the utterance stays open until something closes it.
+    client = SilentWebSocket(server.port, f"{LISTEN_QUERY}&endpointing=false")
     try:
-        messages, close_code, signalled_at = asyncio.run(
-            open_utterance_then_sigterm(server, clip_pcm(audio_dir))
-        )
+        for start in range(0, len(pcm), 3200):
+            client.send(pcm[start : start + 3200])
+        # Ordering barrier: frames are handled in order, so the Error for this bad control
+        # message proves every audio frame before it reached the session.
+        client.send("not json")
+        barrier = client.read_message()
+        assert (barrier["type"], barrier["code"]) == ("Error", "INVALID_MESSAGE"), barrier
+        signalled_at = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        messages, close_code = client.read_until_close()
 
         # The open utterance was finalized and sent, then Metadata, then 1001.
         kinds = [m["type"] for m in messages]
@@ -184,10 +191,11 @@ def test_sigterm_drains_open_utterance_then_exits_zero(
         reference = reference_texts()[CLIP]
         error = jiwer.wer(reference.lower(), transcript.lower().replace(",", "").replace(".", ""))
         assert error <= 0.25, f"{transcript!r} vs {reference!r}"
-        assert messages[-1]["duration"] == pytest.approx(len(clip_pcm(audio_dir)) / 32000, abs=0.1)
+        assert messages[-1]["duration"] == pytest.approx(len(pcm) / 32000, abs=0.1)
         assert close_code == 1001
 
-        # Still draining (the silent client holds it): not ready, and no new sessions.
+        # We have not answered the close, so the server is still draining: not ready, alive,
+        # and refusing new sessions.
         status, body = get_json(f"{server.http_url}/readyz")
         assert (status, body["state"]) == (503, "draining"), body
         assert get_json(f"{server.http_url}/healthz")[0] == 200
@@ -195,18 +203,14 @@ def test_sigterm_drains_open_utterance_then_exits_zero(
         assert [m["code"] for m in refusal if m["type"] == "Error"] == ["SHUTTING_DOWN"]
         assert refusal_code == 1001
 
-        # The silent session got its goodbye too; its missing close reply cannot hold the
-        # process past the drain timeout.
-        silent_messages, silent_code = silent.read_until_close()
-        assert [m["type"] for m in silent_messages] == ["Metadata"]
-        assert silent_code == 1001
+        # Our missing close reply cannot hold the process past the drain timeout.
         returncode = server.proc.wait(timeout=DRAIN_TIMEOUT_S + 10)
         elapsed_s = time.monotonic() - signalled_at
-        silent.wait_for_eof()
+        client.wait_for_eof()
     finally:
-        silent.close()
+        client.close()
     assert returncode == 0
-    assert elapsed_s <= DRAIN_TIMEOUT_S + 1.0, f"exit took {elapsed_s:.1f} s"
+    assert elapsed_s <= DRAIN_TIMEOUT_S + 2.0, f"exit took {elapsed_s:.1f} s"
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -236,7 +240,9 @@ def test_second_signal_exits_at_once(
 def test_drain_timeout_bounds_a_client_that_never_closes(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
-    drain_timeout_s = 2.0  # shorter than the server's own wait for a close reply
+    # Much shorter than the server's own wait for a close reply (5 s), so an exit well before
+    # that wait ends shows the drain timeout cut it.
+    drain_timeout_s = 1.0
     server = server_factory(
         "--drain-timeout-s", str(drain_timeout_s), "--idle-timeout-s", "120", "--workers", "1"
     )
@@ -252,4 +258,4 @@ def test_drain_timeout_bounds_a_client_that_never_closes(
     finally:
         silent.close()
     assert returncode == 0
-    assert drain_timeout_s - 0.5 <= elapsed_s <= drain_timeout_s + 1.0, f"{elapsed_s:.1f} s"
+    assert drain_timeout_s - 0.5 <= elapsed_s <= drain_timeout_s + 2.5, f"{elapsed_s:.1f} s"
