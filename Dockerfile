@@ -23,8 +23,8 @@ ARG CUBLAS_SPEC="nvidia-cublas-cu12==12.8.*"
 # ---------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS build
 ARG CUBLAS_SPEC
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 # Ubuntu 24.04's Python 3.12; every dependency installs from manylinux wheels, so no compiler.
 # Unpinned on purpose: the distribution's current security updates (hadolint DL3008).
 # hadolint ignore=DL3008
@@ -48,7 +48,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # ---------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS runtime
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 # Only the interpreter the venv links to, and CA certificates for TLS to B2/S3.
 # hadolint ignore=DL3008
 RUN apt-get update \
