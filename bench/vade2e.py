@@ -8,7 +8,7 @@ speech tracks whose timings lie entirely outside every placed speech file. The s
 is transcribed offline by faster-whisper (same model, beam 5, no VAD) for comparison.
 
 Errors: bench.servers.ServerStartError (the server did not start; see its log file) and
-clients.stream.StreamError (a stream did not finish cleanly) propagate.
+`E2eError` (a stream did not end with a clean close, twice) propagate.
 """
 
 from __future__ import annotations
@@ -24,14 +24,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 from bench.metrics_calc import corpus_wer, normalise
 from bench.servers import start_ours
 from bench.vadset import SAMPLE_RATE_HZ, SEED, Track
-from clients.events import Results, ServerMessage, Word
-from clients.stream import StreamConfig, StreamError, run_stream
+from clients.events import Results, Word, parse_message
 
 logger = logging.getLogger(__name__)
+
+
+class E2eError(Exception):
+    """A stream through the server did not end with CloseStream's clean close."""
+
 
 CHUNK_S = 0.1
 DEFAULT_TRACKS = (
@@ -63,6 +69,7 @@ class TrackResult:
     wer: float | None  # None on noise-only tracks
     invented_words: int
     finals: int
+    error: str | None = None  # the stream failed; no numbers
 
 
 def _pcm16(samples: npt.NDArray[np.float32]) -> bytes:
@@ -108,14 +115,36 @@ def score(track: Track, finals: Sequence[Results]) -> TrackResult:
 
 
 async def _stream_track(url: str, track: Track, speed: float) -> list[Results]:
+    """Stream one track (PROTOCOL.md: linear16 frames, then CloseStream) and collect finals.
+
+    Unlike clients.stream this sends no keepalive pings: when the server falls behind it
+    stops reading (backpressure) and the stream should just slow down, which the quality
+    numbers here do not mind.
+    """
     finals: list[Results] = []
+    query = f"encoding=linear16&sample_rate={SAMPLE_RATE_HZ}&channels=1"
+    async with connect(
+        f"{url}/v1/listen?{query}", ping_interval=None, max_size=None, open_timeout=30
+    ) as ws:
 
-    def on_message(message: ServerMessage, _raw: str) -> None:
-        if isinstance(message, Results) and message.is_final:
-            finals.append(message)
+        async def send() -> None:
+            async for chunk in _paced(track.samples, speed):
+                await ws.send(chunk)
+            await ws.send(json.dumps({"type": "CloseStream"}))
 
-    config = StreamConfig(url=url, finish_timeout_s=300.0)
-    await run_stream(config, _paced(track.samples, speed), on_message)
+        sender = asyncio.create_task(send())
+        try:
+            async for raw in ws:
+                if isinstance(raw, str):
+                    message = parse_message(raw)
+                    if isinstance(message, Results) and message.is_final:
+                        finals.append(message)
+        finally:
+            sender.cancel()
+        if ws.close_code != 1000:
+            raise E2eError(
+                f"{track.name}: the server closed with {ws.close_code} {ws.close_reason!r}"
+            )
     return finals
 
 
@@ -132,11 +161,16 @@ def through_server(
             began = time.monotonic()
             try:
                 finals = asyncio.run(_stream_track(server.ws_url, track, speed))
-            except StreamError as exc:
+            except (E2eError, WebSocketException, OSError) as exc:
                 logger.warning("%s %s: %s; retrying on a new server", vad, track.name, exc)
                 server.stop()
                 server = start_ours(model_dir, ["--vad", vad], log.with_suffix(".retry.log"))
-                finals = asyncio.run(_stream_track(server.ws_url, track, speed))
+                try:
+                    finals = asyncio.run(_stream_track(server.ws_url, track, speed))
+                except (E2eError, WebSocketException, OSError) as again:
+                    logger.error("%s %s failed twice: %s", vad, track.name, again)
+                    results.append(TrackResult(track.name, "", None, 0, 0, error=str(again)))
+                    continue
             results.append(score(track, finals))
             logger.info("%s %s: %.1f s", vad, track.name, time.monotonic() - began)
         return results
@@ -217,8 +251,19 @@ def run(
         for results in columns.values():
             r = results[i]
             wer = "-" if r.wer is None else f"{100 * r.wer:.1f}"
-            cells.append(f"{wer:>12} {r.invented_words:>6}")
+            cells.append("failed" if r.error else f"{wer:>12} {r.invented_words:>6}")
         print(f"{track.name:<14}" + "".join(f"{c:>20}" for c in cells))
+    groups = {"clean": (None,), "20 dB": (20,), "10 dB": (10,), "5 dB": (5,)}
+    for label, snrs in groups.items():
+        picked = [i for i, t in enumerate(chosen) if not t.noise_only and t.snr_db in snrs]
+        if not picked:
+            continue
+        cells = []
+        for results in columns.values():
+            wers = [results[i].wer for i in picked if results[i].wer is not None]
+            mean = sum(w for w in wers if w is not None) / len(wers) if wers else None
+            cells.append("-" if mean is None else f"{100 * mean:.1f}")
+        print(f"{'WER ' + label:<14}" + "".join(f"{c:>20}" for c in cells))
     totals = {
         name: sum(r.invented_words for r, t in zip(rs, chosen, strict=True) if t.noise_only)
         for name, rs in columns.items()
