@@ -12,6 +12,10 @@ Starts a moto S3 server in a child process on 127.0.0.1, pushes the model once w
 
 The order of the tools rotates between repetitions; one unmeasured warm-up run of each comes
 first. Prints a table (per run and medians) and writes JSON with --json PATH.
+
+Caveat: moto answers every ranged GET by copying the whole object under a per-object lock,
+so here the server is the bottleneck and parts of one file are served one at a time; the
+numbers compare client overhead on the same server, not what B2 or S3 would deliver.
 """
 
 from __future__ import annotations
