@@ -35,6 +35,7 @@ from bench.drivers import (
 from bench.metrics_calc import CapacityRule, capacity
 from bench.offline import offline_transcripts
 from bench.report import LevelReport, format_table, level_result, score_level
+from bench.server_metrics import scrape
 from bench.servers import REPO_ROOT, PeerSettings, ResourceMonitor, start_ours, start_peer
 from bench.workload import AudioFile, ClientStream, client_streams, load_files
 
@@ -203,10 +204,11 @@ def run_level(
         monitor.start()
         results = asyncio.run(_run_clients(target, server.ws_url, streams, settings))
         usage = monitor.stop()
+        metrics = scrape(server.http_url) if target.kind == "ours" else {}
     finally:
         code = server.stop()
         logger.info("%s N=%d server exited with %s", target.name, n, code)
-    return score_level(target.name, streams, results, offline, usage, settings.rule)
+    return score_level(target.name, streams, results, offline, usage, settings.rule, metrics)
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,18 @@ def to_json(result: RunResult, settings: RunSettings) -> dict[str, object]:
 def write_outputs(result: RunResult, settings: RunSettings, json_path: Path | None) -> None:
     """Print the table and the capacities; write the JSON file if asked."""
     print(format_table(result.reports))
+    scheduler_lines = [
+        f"  {r.target} N={r.streams}: " + ", ".join(
+            f"{kind} batches {m[f'{kind}_batch_count']:.0f} (mean size "
+            f"{m.get(f'{kind}_batch_mean', 0.0):.2f}, engine {m[f'{kind}_inference_s_sum']:.1f} s)"
+            for kind in ("final", "interim")
+            if f"{kind}_batch_count" in m and f"{kind}_inference_s_sum" in m
+        )
+        for r in result.reports
+        if (m := dict(r.server_metrics))
+    ]
+    if scheduler_lines:
+        print("\nour scheduler, from /metrics:", *scheduler_lines, sep="\n")
     rule = settings.rule
     print(
         f"\ncapacity (final p95 <= {rule.max_final_p95_s} s, WER <= offline + "

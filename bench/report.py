@@ -71,9 +71,12 @@ class LevelReport:
     errors: tuple[str, ...]
     meets_target: bool
     clients: tuple[ClientDetail, ...] = ()
+    server_metrics: tuple[tuple[str, float], ...] = ()  # our server's /metrics summary
 
     def to_json(self) -> dict[str, object]:
-        return dict(asdict(self))
+        data = dict(asdict(self))
+        data["server_metrics"] = dict(self.server_metrics)
+        return data
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -87,6 +90,7 @@ def score_level(
     offline: Mapping[str, str],
     usage: ResourceUsage,
     rule: CapacityRule,
+    server_metrics: Mapping[str, float] | None = None,
 ) -> LevelReport:
     """Turn the raw client records of one run into its numbers."""
     by_client = {r.client: r for r in results}
@@ -188,6 +192,7 @@ def score_level(
         errors=tuple(errors[:10]),
         meets_target=meets(level, rule),
         clients=tuple(details),
+        server_metrics=tuple(sorted((server_metrics or {}).items())),
     )
 
 

@@ -51,6 +51,10 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit within `timeout_s`; returns the exit code."""
         if self.proc.poll() is None:

@@ -102,3 +102,11 @@ def test_client_details_keep_each_clients_transcript_and_latencies() -> None:
     assert (d0.lost, d0.transcript, d0.close_code) == (1, "Ask not what your country", 1000)
     assert (d1.refused, d1.close_code, d1.final_latencies_s) == (True, 1013, ())
     assert report.to_json()["clients"][1]["close_code"] == 1013  # type: ignore[index]
+
+
+def test_server_metrics_travel_into_the_json() -> None:
+    s0 = build_stream(0, FILES, gap_s=1.0, lead_s=0.5, tail_s=1.0)
+    r0 = ClientResult(client=0, send_log=streamed(s0))
+    metrics = {"final_batch_mean": 2.5, "final_batch_count": 4.0}
+    report = score_level("ours", [s0], [r0], OFFLINE, USAGE, CapacityRule(), metrics)
+    assert report.to_json()["server_metrics"] == metrics
