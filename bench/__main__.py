@@ -14,8 +14,13 @@ KNOWN_MODES = {
     "capacity": "N concurrent real-time streams: ours, ours without batching, WhisperLive",
     "single": "one real-time stream: WER vs offline, final latency, caption delay",
 }
-USAGE = "usage: python -m bench MODE [flags]   (python -m bench MODE --help)\nmodes:\n" + "\n".join(
-    f"  {name:<10} {text}" for name, text in KNOWN_MODES.items()
+USAGE = "\n".join(
+    [
+        "usage: python -m bench MODE [flags]   (python -m bench MODE --help)",
+        "modes:",
+        *(f"  {name:<10} {text}" for name, text in KNOWN_MODES.items()),
+        "  NAME       any other bench/NAME.py with a main(argv), e.g. hydration, vad",
+    ]
 )
 
 
