@@ -90,13 +90,20 @@ async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
         except HydrationError as exc:
             raise StartupError(str(exc)) from exc
         report(progress)
-        return path, source.rstrip("/").rsplit("/", 1)[-1]
+        return path, await asyncio.to_thread(manifest_model_name, path)
     path = await asyncio.to_thread(lambda: Path(source).expanduser())
     if not await asyncio.to_thread(path.is_dir):
         raise StartupError(
             f"--model {source}: not a directory, not 'tiny.en' and not an s3:// or b2:// URL"
         )
     return path, path.name
+
+
+def manifest_model_name(model_dir: Path) -> str:
+    """The model name `python -m cache push` recorded in the hydrated copy's manifest."""
+    from cache.manifest import MANIFEST_NAME, Manifest
+
+    return Manifest.decode((model_dir / MANIFEST_NAME).read_bytes()).model
 
 
 def classifier_factory(settings: Settings) -> Callable[[], SpeechClassifier]:

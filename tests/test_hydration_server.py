@@ -51,7 +51,10 @@ def s3_env(tmp_path: Path) -> Iterator[tuple[ThreadedMotoServer, str, dict[str, 
 def push(model_dir: Path, endpoint: str, env: dict[str, str]) -> str:
     source = "s3://models/whisper/tiny.en"
     subprocess.run(
-        [sys.executable, "-m", "cache", "push", str(model_dir), source, "--s3-endpoint", endpoint],
+        [
+            *(sys.executable, "-m", "cache", "push", str(model_dir), source),
+            *("--s3-endpoint", endpoint, "--model-name", "tiny.en"),
+        ],
         check=True,
         env=env,
         cwd=REPO_ROOT,
@@ -97,6 +100,7 @@ async def test_cold_then_warm_start_from_bucket(
         assert float(line.split()[1]) >= size
         models = json.loads(await asyncio.to_thread(fetch, cold.http_url + "/v1/models"))
         assert models["models"][0]["source"] == source
+        assert models["models"][0]["name"] == "tiny.en", "the name recorded by cache push"
     finally:
         cold.stop()
 
