@@ -50,9 +50,15 @@ def _error(status: int, message: str, **extra: object) -> Response:
     return response(status, {"error": message, **extra})
 
 
+def single_header(request: Request, name: str) -> str | None:
+    """A header's value; None when it is absent or sent more than once (ambiguous)."""
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
 def presented_key(request: Request) -> str | None:
     """The API key a client sent: Authorization Token/Bearer, `token` subprotocol, or ?token=."""
-    auth = request.headers.get("Authorization")
+    auth = single_header(request, "Authorization")
     if auth:
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() in {"token", "bearer"} and value.strip():
@@ -95,7 +101,7 @@ class HttpRoutes:
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        upgrade = any("websocket" in v.lower() for v in request.headers.get_all("Upgrade"))
         if path == LISTEN_PATH:
             return self._listen(request, upgrade)
         if upgrade:
@@ -122,9 +128,10 @@ class HttpRoutes:
             )
         if not upgrade:
             return _error(426, f"{LISTEN_PATH} is a WebSocket endpoint; send an Upgrade request")
-        origin = request.headers.get("Origin")
-        if auth.allowed_origins and origin and origin.rstrip("/") not in auth.allowed_origins:
-            return _error(403, f"origin {origin} is not allowed to connect")
+        if auth.allowed_origins:
+            for origin in request.headers.get_all("Origin"):  # every one, if sent twice
+                if origin.rstrip("/") not in auth.allowed_origins:
+                    return _error(403, f"origin {origin[:100]} is not allowed to connect")
         if not rt.ready:
             return None  # the connection handler refuses it with an Error and a close code
         try:
@@ -174,8 +181,12 @@ class HttpRoutes:
 
     def _static(self, path: str) -> Response:
         relative = path.lstrip("/") or "index.html"
-        target = (self.web_root / relative).resolve()
-        if not target.is_relative_to(self.web_root) or not target.is_file():
-            return _error(404, f"nothing at {path}")
+        try:
+            target = (self.web_root / relative).resolve()
+            found = target.is_relative_to(self.web_root) and target.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL byte, ...
+            found = False
+        if not found:
+            return _error(404, f"nothing at {path[:100]}")
         kind = _TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0]
         return response(200, target.read_bytes(), kind or "application/octet-stream")

@@ -206,3 +206,63 @@ def test_key_file_must_be_readable(tmp_path: Path) -> None:
 
     with pytest.raises(ServerStartError, match="cannot read"):
         WatchedServer(["--api-key-file", str(tmp_path / "missing.txt")], timeout_s=60)
+
+
+async def raw_status(port: int, path: str, headers: list[tuple[str, str]]) -> int:
+    """Send one hand-made HTTP request (repeated headers allowed); return the status code."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1"] + [f"{k}: {v}" for k, v in headers]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+UPGRADE = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", base64.b64encode(b"0123456789abcdef").decode()),
+    ("Sec-WebSocket-Version", "13"),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ([("Authorization", f"Token {FILE_KEY}")] * 2, 401),
+        ([("Authorization", f"Token {FILE_KEY}"), ("Authorization", "Token nope")], 401),
+        ([("Authorization", f"Token {FILE_KEY}"), ("Origin", ORIGINS[0])], 101),
+        (
+            [
+                ("Authorization", f"Token {FILE_KEY}"),
+                ("Origin", ORIGINS[0]),
+                ("Origin", ORIGINS[1]),
+            ],
+            400,  # websockets refuses a repeated Origin itself
+        ),
+        (
+            [
+                ("Authorization", f"Token {FILE_KEY}"),
+                ("Origin", ORIGINS[0]),
+                ("Origin", "https://x.example"),
+            ],
+            403,
+        ),
+        # websockets answers 426 itself: the Upgrade header is not one "websocket".
+        ([("Authorization", f"Token {FILE_KEY}"), ("Upgrade", "websocket")], 426),
+    ],
+    ids=[
+        "auth-twice",
+        "auth-good-and-bad",
+        "origin",
+        "origins-both-good",
+        "origins-one-bad",
+        "upgrade-twice",
+    ],
+)
+async def test_repeated_headers_are_refused_cleanly(
+    keyed: WatchedServer, extra: list[tuple[str, str]], status: int
+) -> None:
+    """Repeated headers are ambiguous: a clear 4xx, never a 500 with a traceback."""
+    assert await raw_status(keyed.port, LISTEN, UPGRADE + extra) == status
+    assert keyed.error_lines() == []
