@@ -31,7 +31,7 @@ NORMALISED_JS = """
 (selector) => (document.querySelector(selector)?.textContent || "")
     .toLowerCase().replace(/[^a-z' ]+/g, " ").replace(/\\s+/g, " ")
 """
-JFK_PHRASE = "ask not what your country can do for you"
+JFK_PHRASE = "what your country can do for you"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from clients.cli import Interrupts
 from clients.file import paced
 from tests.conftest import REPO_ROOT, ServerProcess
 
-JFK_PHRASE = "ask not what your country can do for you"
+JFK_PHRASE = "what your country can do for you"
 JFK_DURATION_S = 11.0
 
 

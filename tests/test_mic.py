@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, ServerProcess
 
-JFK_PHRASE = "ask not what your country can do for you"
+JFK_PHRASE = "what your country can do for you"
 JFK_LAST_WORDS = "ask what you can do for your country"
 LINE_TIMEOUT_S = 120.0
 
