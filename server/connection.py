@@ -147,6 +147,7 @@ class Connection:
             options.interim_results,
         )
         sender = asyncio.create_task(self._send_loop())
+        watcher = asyncio.create_task(self._watch_connection())
         client_gone = False
         try:
             client_gone = await self._read_loop(started) or await self._discard_incoming()
@@ -168,6 +169,7 @@ class Connection:
             if self._closer is not None:
                 with contextlib.suppress(Exception):
                     await self._closer
+            watcher.cancel()
             self.session.release()
             if rt.scheduler is not None:
                 rt.scheduler.cancel_session(self.request_id)
@@ -269,6 +271,17 @@ class Connection:
             # frame so that this session's sender and the other sessions get their turn.
             await asyncio.sleep(0)
         return False
+
+    async def _watch_connection(self) -> None:
+        """The connection closed under us (client gone, keepalive timeout): stop waiting.
+
+        A reader paused on a full backlog would otherwise notice only when the queued
+        finals of a client that is no longer there have been transcribed.
+        """
+        await self.ws.wait_closed()
+        self._closed.set()
+        self._backlog_ok.set()
+        self._out_ready.set()
 
     async def _discard_incoming(self) -> bool:
         """Read and drop frames until the connection closes; True when the client closed it.

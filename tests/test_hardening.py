@@ -500,14 +500,19 @@ async def test_full_speed_client_is_served_with_bounded_read_ahead(
         rss_during = srv.rss_bytes()
         pusher.cancel()
         ws.transport.abort()
+        gone = time.monotonic()
     line = await session_end(srv, request_id)
     assert line is not None
+    # While its reader is paused the server cannot see the RST; the next write (its next
+    # final) fails and ends the session.
+    ended_after_s = time.monotonic() - gone
     match = re.search(r"audio_s=([\d.]+)", line)
     assert match is not None, line
     read_s = float(match.group(1))
     print(
         f"full speed: pushed {pushed_s:.0f} s of audio, server read {read_s:.0f} s, "
-        f"transcribed through {served_s:.1f} s, RSS +{(rss_during - rss_before) / 2**20:.0f} MiB"
+        f"transcribed through {served_s:.1f} s, RSS +{(rss_during - rss_before) / 2**20:.0f} "
+        f"MiB; session ended {ended_after_s:.2f} s after the client vanished"
     )
     assert normalize(out.transcript).count("new home in the stars") >= 3, out.transcript
     bound_s = MAX_PENDING_FINALS * MAX_UTTERANCE_S + 16 * frame / 32000 + 10.0
