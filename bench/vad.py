@@ -268,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=12, help="rows of the stage-1 ranking")
     parser.add_argument("--endpointing-ms", type=int, default=500)
     parser.add_argument("--e2e", action="store_true", help="also stream the set through a server")
-    parser.add_argument("--e2e-speed", type=float, default=4.0, help="x real time for --e2e")
+    parser.add_argument(
+        "--e2e-speed", type=float, default=1.5, help="x real time for --e2e (1.5: see vade2e)"
+    )
     parser.add_argument(
         "--e2e-tracks",
         default=",".join(DEFAULT_TRACKS),

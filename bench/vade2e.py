@@ -231,7 +231,7 @@ def offline(tracks: Sequence[Track], model_dir: Path, cache: Path | None) -> lis
 def run(
     tracks: Sequence[Track],
     *,
-    speed: float = 4.0,
+    speed: float = 1.5,
     vads: Sequence[str] = ("webrtc", "silero"),
     names: Sequence[str] = DEFAULT_TRACKS,
     model_dir: Path | None = None,
