@@ -188,8 +188,11 @@ async def serve(settings: Settings) -> int:
                 open_timeout=settings.limits.handshake_timeout_s,
                 ssl=tls,
                 server_header="streamscribe",
+                # Pings keep NAT and proxy mappings alive, but never time out: a session
+                # whose finals backlog pauses reading would miss the pong, and dead peers
+                # are caught by the idle timeout instead.
                 ping_interval=20,
-                ping_timeout=20,
+                ping_timeout=None,
             )
         )
         port = next(iter(server.sockets)).getsockname()[1]
