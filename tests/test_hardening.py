@@ -638,3 +638,24 @@ async def test_odd_paths_get_404_not_500(limits_server: WatchedServer, path: str
     assert status_line.split()[1] == b"404", status_line
     assert b"root:" not in body
     assert limits_server.error_lines() == []
+
+
+def wav_header(*, rate_hz: int, channels: int = 1, bits: int = 16) -> bytes:
+    """A PCM WAV header for a stream of unknown length."""
+    block = channels * bits // 8
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate_hz, rate_hz * block, block, bits)
+    return b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + fmt + b"data\xff\xff\xff\xff"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="container.py accepts any sample rate: a WAV header claiming 1 Hz turns every "
+    "2 bytes into 16000 samples (20 kB became 10000 s of audio, 2 GB of RSS and a 45 s "
+    "event-loop stall); it should be INVALID_AUDIO + 1007 like linear16 outside 8-48 kHz",
+)
+async def test_container_sample_rate_outside_the_supported_range_is_refused(
+    limits_server: WatchedServer,
+) -> None:
+    data = wav_header(rate_hz=1) + bytes(2000)  # already 1000 s of audio at 16 kHz
+    out = await paced(limits_server.ws_url + "/v1/listen", data, speed=100)
+    assert_refusal(out, "INVALID_AUDIO", 1007)
