@@ -188,7 +188,7 @@ async def collect(ws: websockets.ClientConnection, out: Outcome, t0: float = 0.0
     out.close_code = ws.close_code
 
 
-def assert_refusal(outcome: Outcome, code: str, close_code: int) -> None:
+def assert_error_close(outcome: Outcome, code: str, close_code: int) -> None:
     kinds = [m["type"] for m in outcome.messages]
     assert kinds[-2:] == ["Error", "Metadata"], outcome.messages
     assert outcome.messages[-2]["code"] == code, outcome.messages[-2]
@@ -355,7 +355,7 @@ class Gauntlet:
         out = await paced(self.srv.ws_url + LINEAR16, noise, speed=8)
         assert out.close_code == 1000 and out.finals == [], out.messages
         out = await paced(self.srv.ws_url + "/v1/listen", noise[:16000], speed=8)
-        assert_refusal(out, "INVALID_AUDIO", 1007)
+        assert_error_close(out, "INVALID_AUDIO", 1007)
 
     async def non_reader(self) -> None:
         """Stops reading and provokes replies: replies pile up to the bound, then it is closed.
@@ -457,6 +457,7 @@ async def test_gauntlet_leaves_a_real_time_session_intact(
     assert srv.error_lines() == []
     assert "Traceback" not in srv.stderr_text
     assert srv.open_fds() <= fds_before + 3
+    assert srv.count(r"close_code=1006") == 4, "the four abrupt disconnects, and only they"
     rss_after = srv.rss_bytes()
     print(f"gauntlet: RSS after everything closed {rss_after / 2**20:.0f} MiB")
     assert rss_after - rss_warm < 150 * 2**20, (rss_warm, rss_after)
@@ -547,7 +548,7 @@ async def test_session_limit_refuses_with_1013_then_frees_the_slot(
         refused = Outcome()
         async with websockets.connect(url) as third:
             await collect(third, refused)
-        assert_refusal(refused, "SESSION_LIMIT", 1013)
+        assert_error_close(refused, "SESSION_LIMIT", 1013)
         assert str(LIMIT_SESSIONS) in refused.messages[-2]["message"]
         closed = Outcome()
         await first.send(CLOSE_STREAM)
@@ -587,7 +588,7 @@ async def test_control_message_flood_closes_with_1008(limits_server: WatchedServ
             for _ in range(CONTROL_PER_S * 20):
                 await ws.send(KEEP_ALIVE)
         await reader
-    assert_refusal(flood, "RATE_LIMITED", 1008)
+    assert_error_close(flood, "RATE_LIMITED", 1008)
     await session_end(limits_server, flood.messages[-1]["request_id"])
 
 
@@ -612,7 +613,7 @@ async def test_session_length_limit_also_for_a_flooding_client(
         stream_silence(False), stream_silence(True)
     )
     for out, closed_s in ((paced_out, paced_s), (flood_out, flood_s)):
-        assert_refusal(out, "SESSION_TOO_LONG", 1008)
+        assert_error_close(out, "SESSION_TOO_LONG", 1008)
         told_s = out.arrivals_s[-2]
         assert MAX_SESSION_S - 0.5 <= told_s <= MAX_SESSION_S + 2, told_s
         assert closed_s <= told_s + 2, (told_s, closed_s)
@@ -658,4 +659,4 @@ async def test_container_sample_rate_outside_the_supported_range_is_refused(
 ) -> None:
     data = wav_header(rate_hz=1) + bytes(2000)  # already 1000 s of audio at 16 kHz
     out = await paced(limits_server.ws_url + "/v1/listen", data, speed=100)
-    assert_refusal(out, "INVALID_AUDIO", 1007)
+    assert_error_close(out, "INVALID_AUDIO", 1007)
