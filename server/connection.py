@@ -176,7 +176,10 @@ class Connection:
             rt.connections.discard(self)
             rt.metrics.sessions_active.dec()
             rt.metrics.audio_seconds_total.inc(self.session.counters.audio_s)
-            code = self._close_code or self.ws.close_code or 1006
+            # The code this end sent (websockets itself sends 1009 for an oversized frame
+            # and may drop the TCP connection before the echo arrives), else the peer's.
+            sent = self.ws.protocol.close_sent
+            code = self._close_code or (sent.code if sent else None) or self.ws.close_code or 1006
             rt.metrics.closes_total.labels(str(code)).inc()
             counters = self.session.counters
             self.log.info(

@@ -458,6 +458,7 @@ async def test_gauntlet_leaves_a_real_time_session_intact(
     assert "Traceback" not in srv.stderr_text
     assert srv.open_fds() <= fds_before + 3
     assert srv.count(r"close_code=1006") == 4, "the four abrupt disconnects, and only they"
+    assert srv.count(r"close_code=1009") == 1, "the oversized frame"
     rss_after = srv.rss_bytes()
     print(f"gauntlet: RSS after everything closed {rss_after / 2**20:.0f} MiB")
     assert rss_after - rss_warm < 150 * 2**20, (rss_warm, rss_after)
