@@ -73,6 +73,9 @@ class DecodeOptions:
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
     max_new_tokens: int = 220
+    tokens_per_audio_s: float = 12.0
+    """Output bound per second of audio (fast speech is about 6), which also bounds loops."""
+    max_hotword_tokens: int = 64
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,9 @@ class WhisperEngine:
                 return [out[it.index] for it in items]
             language = languages[0]
         tok = self._tokenizer(language)
+        if hotwords:
+            # A long list of tiny words costs a lot of decoder time for every item.
+            hotwords = tok.decode(tok.encode(" " + hotwords)[: self.decode.max_hotword_tokens])
         prompt = self._model.get_prompt(tok, [], without_timestamps=True, hotwords=hotwords)
         self._decode(items, encoded, language, prompt, final, temperature=0.0)
         for temperature in self.decode.temperatures[1:]:
@@ -366,7 +372,7 @@ class WhisperEngine:
             sampling_temperature=temperature if sampling else 1.0,
             patience=1.0,
             length_penalty=1.0,
-            max_length=len(prompt) + opts.max_new_tokens,
+            max_length=len(prompt) + self._token_budget(items),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -388,6 +394,11 @@ class WhisperEngine:
                 item.temperature = temperature
             if temperature == 0.0:
                 item.no_speech_prob = no_speech
+
+    def _token_budget(self, items: Sequence[_Item]) -> int:
+        longest_s = max(len(it.request.audio) for it in items) / SAMPLE_RATE_HZ
+        per_audio = 16 + int(longest_s * self.decode.tokens_per_audio_s)
+        return min(self.decode.max_new_tokens, per_audio)
 
     def _align(
         self, items: Sequence[_Item], which: Sequence[int], encoded: Any, tok: Tokenizer

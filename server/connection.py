@@ -21,6 +21,7 @@ from server.asr import AsrRequest, AsrResult
 from server.protocol import (
     Error,
     ErrorCode,
+    InvalidParameter,
     Metadata,
     ProtocolError,
     Results,
@@ -113,7 +114,12 @@ class Connection:
             return
         request = self.ws.request
         assert request is not None
-        options = options_for(rt, request.path)
+        try:
+            options = options_for(rt, request.path)
+        except InvalidParameter as exc:
+            # Only when the handshake began while the model was loading (not validated then).
+            await self._refuse_unready(f"{exc.name}: {exc.message}", "INVALID_MESSAGE", 1008)
+            return
         stream = rt.settings.stream
         self.session = Session(
             request_id=self.request_id,
@@ -193,21 +199,25 @@ class Connection:
                 code,
             )
 
-    async def _refuse_unready(self) -> None:
-        """A session that arrived before the model was loaded: tell it to retry."""
-        self.runtime.metrics.refused_total.labels("loading").inc()
+    async def _refuse_unready(
+        self,
+        message: str = "the model is still loading; retry in a few seconds",
+        code: ErrorCode = "OVERLOADED",
+        close_code: int = CLOSE_TRY_AGAIN,
+    ) -> None:
+        """Refuse a session that has no Session yet (model loading, or a bad query then)."""
+        self.runtime.metrics.refused_total.labels(code.lower()).inc()
         metadata = Metadata(
             request_id=self.request_id,
             created=datetime.now(UTC),
             duration_s=0.0,
             channels=1,
-            model=model_info(self.runtime.settings.model.model, "loading"),
+            model=self.runtime.model or model_info(self.runtime.settings.model.model, "loading"),
         )
-        message = "the model is still loading; retry in a few seconds"
         with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(to_json(Error("OVERLOADED", message)))
+            await self.ws.send(to_json(Error(code, message)))
             await self.ws.send(to_json(metadata))
-        await self._close(CLOSE_TRY_AGAIN, "OVERLOADED")
+        await self._close(close_code, code)
 
     def _admission(self) -> tuple[ErrorCode, str, int] | None:
         rt = self.runtime

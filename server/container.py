@@ -374,6 +374,11 @@ def _concat(parts: list[Samples]) -> Samples:
 # --------------------------------------------------------------------------- the worker
 
 
+_MIN_RATE_HZ = 8_000
+_MAX_RATE_HZ = 192_000
+_MAX_CHANNELS = 8
+
+
 class _Resampler:
     """Frames of any format, layout and rate -> float32 mono 16 kHz; rebuilt on input changes."""
 
@@ -383,6 +388,17 @@ class _Resampler:
 
     def push(self, frame: av.AudioFrame) -> list[Samples]:
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if not _MIN_RATE_HZ <= frame.sample_rate <= _MAX_RATE_HZ:
+            # A header claiming 1 Hz would turn every byte into seconds of audio.
+            raise ContainerDecodeError(
+                f"the stream says its sample rate is {frame.sample_rate} Hz; supported rates "
+                f"are {_MIN_RATE_HZ} to {_MAX_RATE_HZ} Hz"
+            )
+        if len(frame.layout.channels) > _MAX_CHANNELS:
+            raise ContainerDecodeError(
+                f"the stream has {len(frame.layout.channels)} channels; at most "
+                f"{_MAX_CHANNELS} are supported"
+            )
         out: list[Samples] = []
         if key != self._key:
             out.extend(self.flush())
@@ -407,7 +423,8 @@ class _Resampler:
 def _mono(frame: av.AudioFrame) -> Samples:
     # A packed mono float frame is one plane; reading it directly skips to_ndarray's vstack.
     # The plane may be padded past the last sample, hence count. The copy frees the frame.
-    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples).copy()
+    samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
+    return np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)  # also the copy
 
 
 def _run_worker(pipe: _Pipe, fmt: ContainerFormat) -> None:

@@ -70,6 +70,11 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
+# Decoded audio a container stream may yield: real codecs stay under about 1.3 s per KiB
+# (Opus at its lowest bitrate); beyond this the input is a decompression bomb.
+CONTAINER_FREE_S = 60.0
+CONTAINER_S_PER_KIB = 2.0
+
 _STRIP = string.punctuation + "“”‘’¿¡…"
 
 
@@ -214,6 +219,8 @@ class Session:
         self._utterances = itertools.count()
         self._interim_ticket: int | None = None
         self._spec: _Speculation | None = None
+        self._container_kib = 0.0
+        self._container_s = 0.0
         self._silent_frames = 0
         self._interim_for: tuple[int, int] | None = None  # (utterance index, end frame)
         self._last_word_end_s: float | None = None
@@ -250,6 +257,19 @@ class Session:
             samples = self._decoder.feed(data)
         except ContainerDecodeError as exc:
             return self.fail("INVALID_AUDIO", str(exc), CLOSE_INVALID_DATA)
+        if isinstance(self._decoder, ContainerDecoder):
+            self._container_kib += len(data) / 1024
+            self._container_s += len(samples) / SAMPLE_RATE_HZ
+            allowed_s = CONTAINER_FREE_S + CONTAINER_S_PER_KIB * self._container_kib
+            if self._container_s > allowed_s:
+                # Checked before the VAD sees it: 300 kB of FLAC silence is 30 minutes.
+                return self.fail(
+                    "INVALID_AUDIO",
+                    f"the stream decodes to {self._container_s:.0f} s of audio from "
+                    f"{self._container_kib:.0f} KiB, more than real recordings do; send "
+                    "linear16 or a normally encoded container",
+                    CLOSE_INVALID_DATA,
+                )
         return self._push_samples(samples)
 
     def control(self, message: ControlMessage) -> list[Action]:

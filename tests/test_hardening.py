@@ -649,12 +649,6 @@ def wav_header(*, rate_hz: int, channels: int = 1, bits: int = 16) -> bytes:
     return b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + fmt + b"data\xff\xff\xff\xff"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="container.py accepts any sample rate: a WAV header claiming 1 Hz turns every "
-    "2 bytes into 16000 samples (20 kB became 10000 s of audio, 2 GB of RSS and a 45 s "
-    "event-loop stall); it should be INVALID_AUDIO + 1007 like linear16 outside 8-48 kHz",
-)
 async def test_container_sample_rate_outside_the_supported_range_is_refused(
     limits_server: WatchedServer,
 ) -> None:

@@ -266,9 +266,12 @@ async def test_oversized_frame_closes_only_that_session(
     assert "induced people to buy" in normalize(outcome.transcript)
 
 
-async def test_unknown_params_and_model_fall_back(server: ServerProcess, audio_dir: Path) -> None:
+async def test_unknown_params_model_fallback_and_key_terms(
+    server: ServerProcess, audio_dir: Path
+) -> None:
     pcm, _, _ = read_wav(audio_dir / "deepspeech_new_home.wav")
     url = server.ws_url + LINEAR16 + "&model=nova-3&smart_format=true&punctuate=true&foo=bar"
+    url += "&keyterm=stars&keywords=" + ",".join("abcdefghijklmnopqrstuvwxyz") * 8 + ":2"
     outcome = await stream(url, chunks(pcm, [8000]))
     assert_clean_close(outcome)
     meta = outcome.finals[0]["metadata"]

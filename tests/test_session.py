@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from server.asr import AsrResult, AsrWord
 from server.protocol import (
     CloseStream,
+    Error,
     Finalize,
     KeepAlive,
     Metadata,
@@ -220,3 +221,28 @@ def test_explicit_endpointing_is_never_shortened() -> None:
     session.on_result(guess.ticket, result("A sentence."))
     assert transcribes(feed(session, bytes(32000 * 6 // 100), [640])) == []
     assert session.backlog == 0
+
+
+def test_a_container_that_inflates_far_beyond_its_size_is_refused() -> None:
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="flac") as out:
+        stream = out.add_stream("flac", rate=16000, layout="mono")
+        silence = np.zeros((1, 16000 * 300), dtype=np.int16)  # 5 minutes: a few KiB as FLAC
+        frame = av.AudioFrame.from_ndarray(silence, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = buffer.getvalue()
+    assert len(data) < 200 * 1024
+    session = new_session(encoding=None)
+    actions = feed(session, data, [16384])
+    closes = [a for a in actions if isinstance(a, Close)]
+    assert closes and closes[0].code == 1007
+    errors = sent(actions, Error)
+    assert "more than real recordings do" in str(errors[0])
