@@ -14,7 +14,7 @@
 `Scheduler` is the thin threaded layer: `workers` inference threads own the engine, each
 takes a batch, runs it off the event loop and hands every result back to its requester
 on the loop. At least one worker is kept free of interims when there is more than one,
-so that a final never waits behind interim work.
+so that a final (or a speculative one) never waits behind interim work.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class Job(Generic[Req, Res]):
 
     @property
     def background(self) -> bool:
-        """Work that must leave a worker free for finals: interims and speculation."""
-        return self.speculative or not self.final
+        """Work that must leave a worker free for finals: interims. A speculative final
+        may take any free worker (it usually becomes the final), but waits behind finals."""
+        return not self.final
 
     @property
     def kind(self) -> int:
@@ -127,8 +128,8 @@ class BatchQueue(Generic[Req, Res]):
     ) -> tuple[list[Job[Req, Res]], float | None]:
         """Pop the next batch if one is due; else return ([], seconds until one is due or None)."""
         candidates = sorted(self._finals, key=lambda j: (j.vstart, j.seq))
+        candidates += sorted(self._specs.values(), key=lambda j: j.seq)
         if allow_interims:
-            candidates += sorted(self._specs.values(), key=lambda j: j.seq)
             candidates += sorted(self._interims.values(), key=lambda j: j.seq)
         if not candidates:
             return [], None
