@@ -218,10 +218,12 @@ class RunResult:
     reports: tuple[LevelReport, ...]
     capacity: dict[str, int]
     offline: dict[str, str]
+    git_head_at_start: str = "unknown"  # the server under test is whatever the tree holds
 
 
 def run(settings: RunSettings) -> RunResult:
     """Every (N, target) level in turn; targets interleaved per N so drift hits all alike."""
+    head = _git_head()
     files = load_files(settings.audio_dir, settings.files or None)
     print(f"offline ceiling: transcribing {len(files)} files with {settings.model_dir} ...",
           file=sys.stderr)
@@ -237,7 +239,7 @@ def run(settings: RunSettings) -> RunResult:
         t.name: capacity([level_result(r) for r in reports if r.target == t.name], settings.rule)
         for t in settings.targets
     }
-    return RunResult(reports=tuple(reports), capacity=caps, offline=offline)
+    return RunResult(reports=tuple(reports), capacity=caps, offline=offline, git_head_at_start=head)
 
 
 def _git_head() -> str:
@@ -254,7 +256,8 @@ def to_json(result: RunResult, settings: RunSettings) -> dict[str, object]:
     """The run as a JSON-ready dict."""
     config = asdict(settings)
     return {
-        "git_head": _git_head(),
+        "git_head_at_start": result.git_head_at_start,
+        "git_head_at_end": _git_head(),
         "cpu_count": os.cpu_count(),
         "config": json.loads(json.dumps(config, default=str)),
         "capacity": result.capacity,
