@@ -46,7 +46,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     max_batch: int = 0
-    """Largest batch per engine call; 0 picks by device (CPU 4, CUDA 32)."""
+    """Largest batch per engine call; 0 picks by device (CPU 1, CUDA 32)."""
     batch_wait_ms: int = -1
     """How long a non-full batch may wait for company; -1 picks by device (CPU 0, CUDA 10)."""
     max_queue_wait_s: float = 3.0
