@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import IO
 
 import psutil
+
+from bench.process import stop_process
 
 LISTENING_PREFIX = "streamscribe: listening on "
 READY_LINE = "streamscribe: ready"
@@ -57,17 +58,11 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit within `timeout_s`; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def start_ours(
@@ -83,9 +78,7 @@ def start_ours(
     cmd = [python, "-m", "server", "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--model", str(model_dir), *extra_args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log
-    )
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
     assert proc.stdout is not None
     stdout = proc.stdout
     ports: list[int] = []
@@ -168,8 +161,9 @@ def start_peer(
     proc.kill()
     proc.wait()
     log.close()
-    raise ServerStartError(f"the peer did not open port {port} (exit {proc.returncode}); "
-                           f"see {log_path}")
+    raise ServerStartError(
+        f"the peer did not open port {port} (exit {proc.returncode}); see {log_path}"
+    )
 
 
 @dataclass(frozen=True)

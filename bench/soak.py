@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from typing import IO
 import psutil
 import websockets
 
+from bench.process import stop_process
 from bench.servers import LISTENING_PREFIX, READY_LINE, REPO_ROOT, ServerStartError
 
 SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
@@ -196,16 +196,10 @@ class WatchedServer:
     # ------------------------------------------------------------------ lifecycle
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout_s)
         for reader in self._readers:
             reader.join(timeout=5)
-        return self.proc.returncode
+        return code
 
 
 # ---------------------------------------------------------------------------- soak

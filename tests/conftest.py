@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.process import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 AUDIO_DIR = SHARED_DIR / "audio"
@@ -72,16 +74,10 @@ class ServerProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout_s: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=5)
-        return self.proc.returncode
+        return code
 
 
 def start_server(
