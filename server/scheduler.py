@@ -262,10 +262,6 @@ class Scheduler(Generic[Req, Res]):
     def depth(self) -> int:
         return len(self._queue)
 
-    @property
-    def finals_waiting(self) -> int:
-        return self._queue.finals_waiting
-
     def estimated_final_wait_s(self) -> float:
         """How long a new final would wait: the finals ahead of it, over the workers."""
         with self._cond:

@@ -248,7 +248,7 @@ class Session:
 
     @property
     def backlog_full(self) -> bool:
-        return len(self._pending) >= self.config.max_pending_finals
+        return self.backlog >= self.config.max_pending_finals
 
     def feed_audio(self, data: bytes) -> list[Action]:
         if self.state is not State.OPEN:
