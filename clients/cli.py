@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from clients.console import LiveConsole
 from clients.events import ErrorMessage, Results, ServerMessage
@@ -153,3 +154,25 @@ def open_output(path: Path | None) -> TextIO | None:
         return path.open("w", encoding="utf-8")
     except OSError as exc:
         raise SystemExit(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def run_captioning(
+    args: argparse.Namespace,
+    work: Callable[[argparse.Namespace, CaptionRouter], Coroutine[Any, Any, int]],
+    errors: tuple[type[Exception], ...],
+) -> int:
+    """Run one CLI's captioning coroutine with its output file; errors become exit codes."""
+    output = open_output(args.output)
+    router = CaptionRouter(args.format, bool(args.interim), output)
+    try:
+        return asyncio.run(work(args, router))
+    except errors as exc:
+        router.status(f"error: {exc}")
+        return EXIT_FAILED
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        router.status("interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        if output is not None:
+            with contextlib.suppress(OSError):
+                output.close()

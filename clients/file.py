@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
@@ -13,12 +12,11 @@ from pathlib import Path
 from clients.audio_file import SAMPLE_RATE_HZ, AudioFileError, pcm16_chunks
 from clients.cli import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     CaptionRouter,
     Interrupts,
     add_stream_arguments,
-    open_output,
+    run_captioning,
     stream_config,
 )
 from clients.stream import StreamError, run_stream
@@ -98,20 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--speed must be 0 (as fast as possible) or positive")
     if args.chunk_ms <= 0:
         build_parser().error("--chunk-ms must be positive")
-    output = open_output(args.output)
-    router = CaptionRouter(args.format, bool(args.interim), output)
-    try:
-        return asyncio.run(transcribe_file(args, router))
-    except (AudioFileError, StreamError) as exc:
-        router.status(f"error: {exc}")
-        return EXIT_FAILED
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        router.status("interrupted")
-        return EXIT_INTERRUPTED
-    finally:
-        if output is not None:
-            with contextlib.suppress(OSError):
-                output.close()
+    return run_captioning(args, transcribe_file, (AudioFileError, StreamError))
 
 
 if __name__ == "__main__":

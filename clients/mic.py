@@ -19,12 +19,11 @@ from typing import Any
 
 from clients.cli import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     CaptionRouter,
     Interrupts,
     add_stream_arguments,
-    open_output,
+    run_captioning,
     stream_config,
 )
 from clients.events import ServerMessage
@@ -269,20 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     if args.buffer_s <= 0:
         build_parser().error("--buffer-s must be positive")
-    output = open_output(args.output)
-    router = CaptionRouter(args.format, bool(args.interim), output)
-    try:
-        return asyncio.run(caption_microphone(args, router))
-    except (MicError, StreamError) as exc:
-        router.status(f"error: {exc}")
-        return EXIT_FAILED
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        router.status("interrupted")
-        return EXIT_INTERRUPTED
-    finally:
-        if output is not None:
-            with contextlib.suppress(OSError):
-                output.close()
+    return run_captioning(args, caption_microphone, (MicError, StreamError))
 
 
 if __name__ == "__main__":
