@@ -13,7 +13,7 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,14 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
+from server import packing
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 WINDOW_FRAMES = 3000  # Whisper always sees 30 s of 10 ms mel frames
 MAX_AUDIO_SAMPLES = 30 * SAMPLE_RATE_HZ
+MAX_DECODER_POSITIONS = 448
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -76,6 +79,12 @@ class DecodeOptions:
     tokens_per_audio_s: float = 12.0
     """Output bound per second of audio (fast speech is about 6), which also bounds loops."""
     max_hotword_tokens: int = 64
+    pack_window_s: float = 0.0
+    """Pack requests of one group into shared windows of this many seconds (0: never)."""
+    pack_gap_s: float = 1.0
+    """Silence between packed utterances."""
+    max_packed_tokens: int = 400
+    """Output bound of a packed window (Whisper's decoder holds 448 positions)."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +127,13 @@ class AsrResult:
 @dataclass
 class _Item:
     index: int
+    """The request's position, or -1 for a packed window (see `members`)."""
     request: AsrRequest
     features: npt.NDArray[np.float32]
     num_frames: int
+    token_budget: int
+    members: tuple[int, ...] = ()
+    spans: tuple[packing.Span, ...] = ()
     tokens: list[int] = field(default_factory=list)
     avg_logprob: float = -math.inf
     no_speech_prob: float = 0.0
@@ -168,6 +181,7 @@ class HallucinationFilter:
     options: DecodeOptions = DecodeOptions()
     phrase_no_speech: float = 0.2
     phrase_logprob: float = -0.7
+    phrase_word_probability: float = 0.5
 
     def verdict(self, text: str, avg_logprob: float, no_speech: float, ratio: float) -> str | None:
         opts = self.options
@@ -182,6 +196,20 @@ class HallucinationFilter:
         phrase = normalise_phrase(text)
         if phrase in KNOWN_HALLUCINATIONS and (
             no_speech > self.phrase_no_speech or avg_logprob < self.phrase_logprob
+        ):
+            return "known_phrase"
+        return None
+
+    def share_verdict(self, text: str, word_probability: float) -> str | None:
+        """The same judgement for one utterance's share of a packed window, whose scores
+        belong to the whole window: only its text and mean word probability are its own."""
+        if not text.strip():
+            return "empty"
+        if compression_ratio(text) > self.options.compression_ratio_threshold:
+            return "repetitive"
+        if (
+            normalise_phrase(text) in KNOWN_HALLUCINATIONS
+            and word_probability < self.phrase_word_probability
         ):
             return "known_phrase"
         return None
@@ -260,24 +288,125 @@ class WhisperEngine:
 
     # ------------------------------------------------------------------ public
 
+    def pack_cost_s(self, request: AsrRequest) -> float:
+        """What a request takes of a packed window (its audio and the gap after it)."""
+        return request.duration_s + self.decode.pack_gap_s
+
+    @property
+    def pack_capacity_s(self) -> float:
+        """The summed `pack_cost_s` that fits one packed window (inf: packing is off)."""
+        if self.decode.pack_window_s <= 0:
+            return math.inf
+        return self.decode.pack_window_s + self.decode.pack_gap_s
+
     def transcribe_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
         """Transcribe many utterances (of any sessions) with shared encoder/decoder calls."""
-        items: list[_Item] = []
+        results: list[AsrResult | None] = [None] * len(requests)
+        groups: dict[tuple[str | None, str | None, bool], list[int]] = {}
         for index, request in enumerate(requests):
-            feats, frames = self._features(request.audio)
-            items.append(_Item(index, request, feats, frames))
-        results: list[AsrResult | None] = [None] * len(items)
-        groups: dict[tuple[str | None, str | None, bool], list[_Item]] = {}
-        for item in items:
-            language = item.request.language or self.default_language
-            key = (language, item.request.hotwords or None, item.request.final)
-            groups.setdefault(key, []).append(item)
-        for (language, hotwords, final), group in groups.items():
+            language = request.language or self.default_language
+            key = (language, request.hotwords or None, request.final)
+            groups.setdefault(key, []).append(index)
+        for (language, hotwords, final), indices in groups.items():
+            items = self._items(requests, indices, pack=language is not None)
+            redo: list[int] = []
             for item, result in zip(
-                group, self._run_group(group, language, hotwords, final), strict=True
+                items, self._run_group(items, language, hotwords, final), strict=True
             ):
-                results[item.index] = result
+                if not item.members:
+                    results[item.index] = result
+                    continue
+                shares = self._split(item, result, requests)
+                for member, share in zip(item.members, shares, strict=True):
+                    if share is None:
+                        redo.append(member)
+                    else:
+                        results[member] = share
+            if redo:
+                log.debug("%d packed utterance(s) transcribed again on their own", len(redo))
+                items = self._items(requests, redo, pack=False)
+                for item, result in zip(
+                    items, self._run_group(items, language, hotwords, final), strict=True
+                ):
+                    results[item.index] = result
         return [r if r is not None else AsrResult(text="", rejected="empty") for r in results]
+
+    def _items(
+        self, requests: Sequence[AsrRequest], indices: list[int], *, pack: bool
+    ) -> list[_Item]:
+        """One item per request, or packed windows of several when packing is on. Packing
+        needs a known language: a window holds one language token."""
+        opts = self.decode
+        windows = (
+            packing.plan_windows(
+                [requests[i].duration_s for i in indices],
+                window_s=opts.pack_window_s,
+                gap_s=opts.pack_gap_s,
+            )
+            if pack and opts.pack_window_s > 0
+            else [[k] for k in range(len(indices))]
+        )
+        items: list[_Item] = []
+        for window in windows:
+            members = [indices[k] for k in window]
+            if len(members) == 1:
+                request = requests[members[0]]
+                feats, frames = self._features(request.audio)
+                budget = self._token_budget(request.duration_s, opts.max_new_tokens)
+                items.append(_Item(members[0], request, feats, frames, budget))
+                continue
+            first = requests[members[0]]
+            audio, spans = packing.lay_out([requests[i].audio for i in members], opts.pack_gap_s)
+            packed = AsrRequest(audio, first.language, first.hotwords, first.final)
+            feats, frames = self._features(audio)
+            speech_s = sum(requests[i].duration_s for i in members)
+            budget = self._token_budget(speech_s, opts.max_packed_tokens)
+            items.append(_Item(-1, packed, feats, frames, budget, tuple(members), tuple(spans)))
+        return items
+
+    def _split(
+        self, item: _Item, result: AsrResult, requests: Sequence[AsrRequest]
+    ) -> list[AsrResult | None]:
+        """A packed window's result shared out to its members; None where a member must be
+        transcribed on its own (the window was judged invented, or the member's speech got
+        no words or lost its tail)."""
+        if result.rejected is not None:
+            return [None] * len(item.members)
+        owners = packing.assign([(w.start_s + w.end_s) / 2 for w in result.words], item.spans)
+        shares: list[AsrResult | None] = []
+        for k, (member, span) in enumerate(zip(item.members, item.spans, strict=True)):
+            request = requests[member]
+            words = tuple(
+                AsrWord(
+                    w.text,
+                    min(max(0.0, w.start_s - span.start_s), request.duration_s),
+                    min(max(0.0, w.end_s - span.start_s), request.duration_s),
+                    w.probability,
+                )
+                for w, owner in zip(result.words, owners, strict=True)
+                if owner == k
+            )
+            extent = packing.speech_extent_s(request.audio)
+            if packing.needs_redo([(w.start_s, w.end_s) for w in words], extent):
+                shares.append(None)
+                continue
+            raw = "".join(w.text for w in words).strip()
+            text = collapse_loops(raw)
+            confidence = float(np.mean([w.probability for w in words])) if words else 0.0
+            verdict = self.filter.share_verdict(text, confidence)
+            kept = words if verdict is None and request.final else ()
+            if kept and text != raw:
+                kept = kept[: len(text.split())]
+            shares.append(
+                replace(
+                    result,
+                    text=text if verdict is None else "",
+                    words=kept,
+                    compression_ratio=compression_ratio(text),
+                    rejected=verdict,
+                )
+            )
+        return shares
 
     def _run_group(
         self, items: list[_Item], language: str | None, hotwords: str | None, final: bool
@@ -308,17 +437,20 @@ class WhisperEngine:
                 break
             self._decode(failing, self._encode(failing), language, prompt, final, temperature)
         words: list[tuple[AsrWord, ...]] = [() for _ in items]
+        # Packed windows are split by word times; interims of one group share the call.
+        packed = any(it.members for it in items)
         texts = [tok.decode(it.tokens).strip() for it in items]
         verdicts = [
             self.filter.verdict(text, it.avg_logprob, it.no_speech_prob, it.compression_ratio)
             for text, it in zip(texts, items, strict=True)
         ]
-        if final:
-            aligned = [i for i, v in enumerate(verdicts) if v is None and items[i].tokens]
-            if aligned:
-                words_by_index = self._align(items, aligned, encoded, tok)
-                for i, ws in words_by_index.items():
-                    words[i] = ws
+        aligned = [
+            i for i, v in enumerate(verdicts) if v is None and items[i].tokens and (final or packed)
+        ]
+        if aligned:
+            words_by_index = self._align(items, aligned, encoded, tok)
+            for i, ws in words_by_index.items():
+                words[i] = ws
         results: list[AsrResult] = []
         for i, it in enumerate(items):
             text = collapse_loops(texts[i]) if verdicts[i] is None else ""
@@ -341,6 +473,8 @@ class WhisperEngine:
 
     def _needs_fallback(self, item: _Item) -> bool:
         opts = self.decode
+        if item.members:
+            return False  # a doubtful window is redone member by member instead
         if item.no_speech_prob > opts.no_speech_threshold and (
             item.avg_logprob < opts.log_prob_threshold
         ):
@@ -372,7 +506,9 @@ class WhisperEngine:
             sampling_temperature=temperature if sampling else 1.0,
             patience=1.0,
             length_penalty=1.0,
-            max_length=len(prompt) + self._token_budget(items),
+            max_length=min(
+                MAX_DECODER_POSITIONS, len(prompt) + max(it.token_budget for it in items)
+            ),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -395,10 +531,8 @@ class WhisperEngine:
             if temperature == 0.0:
                 item.no_speech_prob = no_speech
 
-    def _token_budget(self, items: Sequence[_Item]) -> int:
-        longest_s = max(len(it.request.audio) for it in items) / SAMPLE_RATE_HZ
-        per_audio = 16 + int(longest_s * self.decode.tokens_per_audio_s)
-        return min(self.decode.max_new_tokens, per_audio)
+    def _token_budget(self, speech_s: float, cap: int) -> int:
+        return min(cap, 16 + int(speech_s * self.decode.tokens_per_audio_s))
 
     def _align(
         self, items: Sequence[_Item], which: Sequence[int], encoded: Any, tok: Tokenizer

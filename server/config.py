@@ -51,6 +51,9 @@ class SchedulerSettings:
     """How long a non-full batch may wait for company; -1 picks by device (CPU 0, CUDA 10)."""
     max_queue_wait_s: float = 3.0
     """New sessions are refused (1013) while the estimated wait for a final exceeds this."""
+    pack_window_s: float = -1.0
+    """Pack queued utterances into shared windows of this length; 0 never, -1 picks by
+    device (CPU 30: every CPU call pays for a 30 s encoder pass; CUDA 0: batching there)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _pack_window(text: str) -> float:
+    value = float(text)
+    if value not in (-1.0, 0.0) and not 5.0 <= value <= 30.0:
+        raise ValueError("must be -1 (auto), 0 (off) or between 5 and 30 seconds")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -207,6 +217,13 @@ _FLAGS: tuple[_Flag, ...] = (
         "max_queue_wait_s",
         _positive_float,
         "refuse new sessions while the estimated queue wait exceeds this",
+    ),
+    _Flag(
+        "pack-window-s",
+        "scheduler",
+        "pack_window_s",
+        _pack_window,
+        "pack utterances into shared windows of this many seconds (0: off, -1: auto)",
     ),
     _Flag("vad", "stream", "vad", _choice("webrtc", "silero"), "voice activity detector"),
     _Flag("endpointing-ms", "stream", "endpointing_ms", _positive_int, "default trailing silence"),

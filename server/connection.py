@@ -355,7 +355,8 @@ class Connection:
 
     def _submit(self, action: Transcribe) -> None:
         scheduler = self.runtime.scheduler
-        assert scheduler is not None and self.session is not None
+        engine = self.runtime.engine
+        assert scheduler is not None and engine is not None and self.session is not None
         request = action.request
         if not action.speculative:
             self._submitted_s[action.ticket] = (time.monotonic(), request.final)
@@ -372,6 +373,7 @@ class Connection:
             batch_key=(request.language, request.hotwords, request.final),
             on_done=done,
             speculative=action.speculative,
+            cost=engine.pack_cost_s(request),
         )
 
     def _steer(self, action: Promote | Cancel) -> None:

@@ -8,8 +8,10 @@
 - speculative finals (asked for at a pause, before the endpoint confirms it) come after
   finals and before interims; `promote` turns one into a final, `withdraw` drops it;
 - a session's newer interim (or speculative) request replaces its queued older one;
-- a batch holds requests of one batch key (what the engine can share a call for) and
-  closes when full or when its oldest request's wait reaches `batch_wait_ms`.
+- a batch holds requests of one batch key (what the engine can share a call for; finals
+  and speculative finals may share one) and closes when full (`max_batch` requests, or
+  `max_batch_cost` of their summed costs, e.g. seconds of audio that fit one packed
+  window) or when its oldest request's wait reaches `batch_wait_ms`.
 
 `Scheduler` is the thin threaded layer: `workers` inference threads own the engine, each
 takes a batch, runs it off the event loop and hands every result back to its requester
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -51,6 +54,7 @@ class Job(Generic[Req, Res]):
     enqueued_s: float
     on_done: Callable[[Res | BaseException], None]
     speculative: bool = False
+    cost: float = 0.0
     seq: int = 0
     vstart: int = 0
     cancelled: bool = False
@@ -61,10 +65,6 @@ class Job(Generic[Req, Res]):
         may take any free worker (it usually becomes the final), but waits behind finals."""
         return not self.final
 
-    @property
-    def kind(self) -> int:
-        return 1 if self.speculative else (0 if self.final else 2)
-
 
 @dataclass
 class BatchQueue(Generic[Req, Res]):
@@ -72,6 +72,7 @@ class BatchQueue(Generic[Req, Res]):
 
     max_batch: int
     batch_wait_s: float = 0.0
+    max_batch_cost: float = math.inf
     _finals: list[Job[Req, Res]] = field(default_factory=list)
     _interims: dict[str, Job[Req, Res]] = field(default_factory=dict)
     _specs: dict[str, Job[Req, Res]] = field(default_factory=dict)
@@ -134,10 +135,19 @@ class BatchQueue(Generic[Req, Res]):
         if not candidates:
             return [], None
         head = candidates[0]
-        same = [j for j in candidates if j.kind == head.kind and j.batch_key == head.batch_key]
-        same = same[: self.max_batch]
+        same: list[Job[Req, Res]] = []
+        cost = 0.0
+        full = False
+        for job in candidates:
+            if job.final != head.final or job.batch_key != head.batch_key:
+                continue
+            if len(same) == self.max_batch or (same and cost + job.cost > self.max_batch_cost):
+                full = True
+                break
+            same.append(job)
+            cost += job.cost
         waited_s = now_s - min(j.enqueued_s for j in same)
-        if len(same) < self.max_batch and waited_s < self.batch_wait_s:
+        if not full and len(same) < self.max_batch and waited_s < self.batch_wait_s:
             return [], self.batch_wait_s - waited_s
         for job in same:
             if job.speculative:
@@ -179,11 +189,14 @@ class Scheduler(Generic[Req, Res]):
         workers: int,
         max_batch: int,
         batch_wait_ms: int,
+        max_batch_cost: float = math.inf,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
-        self._queue: BatchQueue[Req, Res] = BatchQueue(max_batch, batch_wait_ms / 1000.0)
+        self._queue: BatchQueue[Req, Res] = BatchQueue(
+            max_batch, batch_wait_ms / 1000.0, max_batch_cost
+        )
         self._cond = threading.Condition()
         self._workers = workers
         self._interim_slots = max(1, workers - 1)
@@ -223,8 +236,10 @@ class Scheduler(Generic[Req, Res]):
         batch_key: Hashable,
         on_done: Callable[[Res | BaseException], None],
         speculative: bool = False,
+        cost: float = 0.0,
     ) -> Job[Req, Res]:
-        """Queue a request; `on_done` runs on `loop` with the result or the exception."""
+        """Queue a request; `on_done` runs on `loop` with the result or the exception.
+        `cost` counts against the batch's `max_batch_cost`."""
 
         def deliver(outcome: Res | BaseException) -> None:
             if not job.cancelled:
@@ -235,7 +250,7 @@ class Scheduler(Generic[Req, Res]):
                 loop.call_soon_threadsafe(deliver, outcome)
 
         job: Job[Req, Res] = Job(
-            session_id, final, request, batch_key, self._clock(), threadsafe, speculative
+            session_id, final, request, batch_key, self._clock(), threadsafe, speculative, cost
         )
         with self._cond:
             replaced = self._queue.submit(job)

@@ -152,7 +152,7 @@ async def test_failed_batch_retries_items_singly() -> None:
 
 
 def test_speculative_jobs_sit_between_finals_and_interims() -> None:
-    q: BatchQueue[str, str] = BatchQueue(max_batch=4)
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1)
     interim = job("a", False, 0.0)
     guess = Job("b", True, "b-guess", "en", 0.5, lambda _: None, speculative=True)
     q.submit(interim)
@@ -160,6 +160,26 @@ def test_speculative_jobs_sit_between_finals_and_interims() -> None:
     q.submit(job("c", True, 1.0))
     order = [q.next_batch(2.0)[0][0].request for _ in range(3)]
     assert order == ["c-1.0", "b-guess", "a-0.0"]
+
+
+def test_speculative_finals_share_a_batch_with_finals_but_not_interims() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=4)
+    q.submit(job("a", False, 0.0))
+    q.submit(Job("b", True, "b-guess", "en", 0.5, lambda _: None, speculative=True))
+    q.submit(job("c", True, 1.0))
+    batch, _ = q.next_batch(2.0)
+    assert [j.request for j in batch] == ["c-1.0", "b-guess"]
+    batch, _ = q.next_batch(2.0)
+    assert [j.request for j in batch] == ["a-0.0"]
+
+
+def test_batch_closes_at_its_cost_budget() -> None:
+    """A batch holds what fits one packed window; a single over-budget job still goes alone."""
+    q: BatchQueue[str, str] = BatchQueue(max_batch=8, max_batch_cost=31.0)
+    for name, cost in (("a", 12.0), ("b", 9.0), ("c", 9.0), ("d", 40.0), ("e", 2.0)):
+        q.submit(Job(name, True, name, "en", 0.0, lambda _: None, cost=cost))
+    sizes = [[j.request for j in q.next_batch(1.0)[0]] for _ in range(3)]
+    assert sizes == [["a", "b", "c"], ["d"], ["e"]]
 
 
 def test_promote_and_withdraw() -> None:

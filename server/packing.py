@@ -1,0 +1,114 @@
+"""Window packing: several short utterances share one 30 s Whisper window (pure functions).
+
+On CPU every Whisper call pays for a full 30 s encoder window whatever the audio length,
+so K utterances laid end to end with silence between them cost about one call instead of
+K. The decoded window is split back by aligned word times: each word goes to the
+utterance whose span holds (or is nearest to) the word's midpoint. Whisper sometimes
+stops before the end of a long window; `needs_redo` spots members whose speech got no
+words (or lost its tail) so the engine can transcribe them on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE_HZ = 16_000
+_ENERGY_FRAME_SAMPLES = 320  # 20 ms
+_SPEECH_BELOW_PEAK_DB = 30.0
+_SPEECH_FLOOR_DBFS = -55.0
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one member's audio sits in the packed window, in seconds."""
+
+    start_s: float
+    end_s: float
+
+    def distance_s(self, t_s: float) -> float:
+        if t_s < self.start_s:
+            return self.start_s - t_s
+        return max(0.0, t_s - self.end_s)
+
+
+def plan_windows(durations_s: Sequence[float], *, window_s: float, gap_s: float) -> list[list[int]]:
+    """Group item indices, in order, into windows of at most `window_s` (each member
+    followed by `gap_s` of silence, the last one's gap may overhang); an item too long
+    to share a window gets one of its own."""
+    windows: list[list[int]] = []
+    current: list[int] = []
+    used_s = 0.0
+    for index, duration_s in enumerate(durations_s):
+        if current and used_s + duration_s > window_s:
+            windows.append(current)
+            current, used_s = [], 0.0
+        current.append(index)
+        used_s += duration_s + gap_s
+    if current:
+        windows.append(current)
+    return windows
+
+
+def lay_out(
+    audios: Sequence[npt.NDArray[np.float32]], gap_s: float
+) -> tuple[npt.NDArray[np.float32], list[Span]]:
+    """Concatenate member audio with `gap_s` of digital silence after each but the last."""
+    gap = np.zeros(round(gap_s * SAMPLE_RATE_HZ), dtype=np.float32)
+    pieces: list[npt.NDArray[np.float32]] = []
+    spans: list[Span] = []
+    offset = 0
+    for i, audio in enumerate(audios):
+        if i:
+            pieces.append(gap)
+            offset += len(gap)
+        pieces.append(audio)
+        spans.append(Span(offset / SAMPLE_RATE_HZ, (offset + len(audio)) / SAMPLE_RATE_HZ))
+        offset += len(audio)
+    return np.concatenate(pieces).astype(np.float32, copy=False), spans
+
+
+def assign(midpoints_s: Sequence[float], spans: Sequence[Span]) -> list[int]:
+    """The member index each word (given by its midpoint) belongs to."""
+    return [min(range(len(spans)), key=lambda i: spans[i].distance_s(t)) for t in midpoints_s]
+
+
+def speech_extent_s(audio: npt.NDArray[np.float32]) -> tuple[float, float] | None:
+    """First and last 20 ms frame within 30 dB of the loudest one (and above -55 dBFS),
+    in seconds from the start; None for silence."""
+    frames = len(audio) // _ENERGY_FRAME_SAMPLES
+    if frames == 0:
+        return None
+    power = np.mean(
+        np.square(audio[: frames * _ENERGY_FRAME_SAMPLES].reshape(frames, -1), dtype=np.float64),
+        axis=1,
+    )
+    db = 10.0 * np.log10(power + 1e-12)
+    threshold = max(float(db.max()) - _SPEECH_BELOW_PEAK_DB, _SPEECH_FLOOR_DBFS)
+    loud = np.flatnonzero(db >= threshold)
+    if len(loud) == 0:
+        return None
+    frame_s = _ENERGY_FRAME_SAMPLES / SAMPLE_RATE_HZ
+    return float(loud[0]) * frame_s, float(loud[-1] + 1) * frame_s
+
+
+def needs_redo(
+    word_times_s: Sequence[tuple[float, float]],
+    extent_s: tuple[float, float] | None,
+    *,
+    min_speech_s: float = 1.0,
+    max_missing_s: float = 1.5,
+) -> bool:
+    """Whether a member's share of a packed window looks cut short: it has at least
+    `min_speech_s` of loud audio but no words, or its words end (or start) more than
+    `max_missing_s` inside that loud stretch. Times are relative to the member's audio."""
+    if extent_s is None or extent_s[1] - extent_s[0] < min_speech_s:
+        return False
+    if not word_times_s:
+        return True
+    first_start_s = word_times_s[0][0]
+    last_end_s = word_times_s[-1][1]
+    return last_end_s < extent_s[1] - max_missing_s or first_start_s > extent_s[0] + max_missing_s
