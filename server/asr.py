@@ -368,45 +368,49 @@ class WhisperEngine:
         self, item: _Item, result: AsrResult, requests: Sequence[AsrRequest]
     ) -> list[AsrResult | None]:
         """A packed window's result shared out to its members; None where a member must be
-        transcribed on its own (the window was judged invented, or the member's speech got
-        no words or lost its tail)."""
+        transcribed on its own: all of them when the window was judged invented, else a
+        member whose share looks wrong (see `packing.needs_redo`) and, as misplaced words
+        move between neighbours, the members on either side of it."""
         if result.rejected is not None:
             return [None] * len(item.members)
         owners = packing.assign([(w.start_s + w.end_s) / 2 for w in result.words], item.spans)
-        shares: list[AsrResult | None] = []
+        shares: list[tuple[tuple[AsrWord, ...], bool]] = []
         for k, (member, span) in enumerate(zip(item.members, item.spans, strict=True)):
-            request = requests[member]
+            duration_s = requests[member].duration_s
             words = tuple(
-                AsrWord(
-                    w.text,
-                    min(max(0.0, w.start_s - span.start_s), request.duration_s),
-                    min(max(0.0, w.end_s - span.start_s), request.duration_s),
-                    w.probability,
+                replace(
+                    w,
+                    start_s=min(max(0.0, w.start_s - span.start_s), duration_s),
+                    end_s=min(max(0.0, w.end_s - span.start_s), duration_s),
                 )
                 for w, owner in zip(result.words, owners, strict=True)
                 if owner == k
             )
-            extent = packing.speech_extent_s(request.audio)
-            if packing.needs_redo([(w.start_s, w.end_s) for w in words], extent):
-                shares.append(None)
-                continue
-            raw = "".join(w.text for w in words).strip()
-            text = collapse_loops(raw)
-            confidence = float(np.mean([w.probability for w in words])) if words else 0.0
-            verdict = self.filter.share_verdict(text, confidence)
-            kept = words if verdict is None and request.final else ()
-            if kept and text != raw:
-                kept = kept[: len(text.split())]
-            shares.append(
-                replace(
-                    result,
-                    text=text if verdict is None else "",
-                    words=kept,
-                    compression_ratio=compression_ratio(text),
-                    rejected=verdict,
-                )
-            )
-        return shares
+            times = [(w.start_s, w.end_s) for w in words]
+            extent = packing.speech_extent_s(requests[member].audio)
+            shares.append((words, packing.needs_redo(times, extent)))
+        redo = {k + d for k, (_, bad) in enumerate(shares) if bad for d in (-1, 0, 1)}
+        return [
+            None if k in redo else self._share(result, words, requests[member].final)
+            for k, (member, (words, _)) in enumerate(zip(item.members, shares, strict=True))
+        ]
+
+    def _share(self, result: AsrResult, words: tuple[AsrWord, ...], final: bool) -> AsrResult:
+        """One member's result from its words of a packed window."""
+        raw = "".join(w.text for w in words).strip()
+        text = collapse_loops(raw)
+        confidence = float(np.mean([w.probability for w in words])) if words else 0.0
+        verdict = self.filter.share_verdict(text, confidence)
+        kept = words if verdict is None and final else ()
+        if kept and text != raw:
+            kept = kept[: len(text.split())]
+        return replace(
+            result,
+            text=text if verdict is None else "",
+            words=kept,
+            compression_ratio=compression_ratio(text),
+            rejected=verdict,
+        )
 
     def _run_group(
         self, items: list[_Item], language: str | None, hotwords: str | None, final: bool

@@ -2,8 +2,10 @@
 
 On CPU every Whisper call pays for a full 30 s encoder window whatever the audio length,
 so K utterances laid end to end with silence between them cost about one call instead of
-K. The decoded window is split back by aligned word times: each word goes to the
-utterance whose span holds (or is nearest to) the word's midpoint. Whisper sometimes
+K. Members are brought to one loudness first: Whisper skips a quiet talker (a -41 dBFS
+recording) that shares a window with a loud one. The decoded window is split back by
+aligned word times: each word goes to the utterance whose span holds (or is nearest to)
+the word's midpoint. Whisper sometimes
 stops before the end of a long window; `needs_redo` spots members whose speech got no
 words (or lost its tail) so the engine can transcribe them on their own.
 """
@@ -20,6 +22,9 @@ SAMPLE_RATE_HZ = 16_000
 _ENERGY_FRAME_SAMPLES = 320  # 20 ms
 _SPEECH_BELOW_PEAK_DB = 30.0
 _SPEECH_FLOOR_DBFS = -55.0
+TARGET_LEVEL_DBFS = -20.0
+MAX_GAIN_DB = 30.0
+MIN_GAIN_DB = -20.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ def plan_windows(durations_s: Sequence[float], *, window_s: float, gap_s: float)
 def lay_out(
     audios: Sequence[npt.NDArray[np.float32]], gap_s: float
 ) -> tuple[npt.NDArray[np.float32], list[Span]]:
-    """Concatenate member audio with `gap_s` of digital silence after each but the last."""
+    """Concatenate member audio, each levelled (`levelled`), with `gap_s` of digital
+    silence between members."""
     gap = np.zeros(round(gap_s * SAMPLE_RATE_HZ), dtype=np.float32)
     pieces: list[npt.NDArray[np.float32]] = []
     spans: list[Span] = []
@@ -65,7 +71,7 @@ def lay_out(
         if i:
             pieces.append(gap)
             offset += len(gap)
-        pieces.append(audio)
+        pieces.append(levelled(audio))
         spans.append(Span(offset / SAMPLE_RATE_HZ, (offset + len(audio)) / SAMPLE_RATE_HZ))
         offset += len(audio)
     return np.concatenate(pieces).astype(np.float32, copy=False), spans
@@ -76,17 +82,38 @@ def assign(midpoints_s: Sequence[float], spans: Sequence[Span]) -> list[int]:
     return [min(range(len(spans)), key=lambda i: spans[i].distance_s(t)) for t in midpoints_s]
 
 
-def speech_extent_s(audio: npt.NDArray[np.float32]) -> tuple[float, float] | None:
-    """First and last 20 ms frame within 30 dB of the loudest one (and above -55 dBFS),
-    in seconds from the start; None for silence."""
+def _frame_db(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Power of each whole 20 ms frame, in dBFS."""
     frames = len(audio) // _ENERGY_FRAME_SAMPLES
     if frames == 0:
-        return None
+        return np.zeros(0, dtype=np.float64)
     power = np.mean(
         np.square(audio[: frames * _ENERGY_FRAME_SAMPLES].reshape(frames, -1), dtype=np.float64),
         axis=1,
     )
-    db = 10.0 * np.log10(power + 1e-12)
+    return np.asarray(10.0 * np.log10(power + 1e-12), dtype=np.float64)
+
+
+def levelled(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """`audio` scaled so that its loud frames (within 30 dB of its loudest) average
+    `TARGET_LEVEL_DBFS`, by at most +30/-20 dB; silence is left alone."""
+    db = _frame_db(audio)
+    if len(db) == 0 or db.max() < _SPEECH_FLOOR_DBFS:
+        return audio
+    loud = db[db >= db.max() - _SPEECH_BELOW_PEAK_DB]
+    level_db = 10.0 * np.log10(np.mean(np.power(10.0, loud / 10.0)))
+    gain_db = float(np.clip(TARGET_LEVEL_DBFS - level_db, MIN_GAIN_DB, MAX_GAIN_DB))
+    scaled = audio * np.float32(10.0 ** (gain_db / 20.0))
+    clipped: npt.NDArray[np.float32] = np.clip(scaled, -1.0, 1.0).astype(np.float32)
+    return clipped
+
+
+def speech_extent_s(audio: npt.NDArray[np.float32]) -> tuple[float, float] | None:
+    """First and last 20 ms frame within 30 dB of the loudest one (and above -55 dBFS),
+    in seconds from the start; None for silence."""
+    db = _frame_db(audio)
+    if len(db) == 0:
+        return None
     threshold = max(float(db.max()) - _SPEECH_BELOW_PEAK_DB, _SPEECH_FLOOR_DBFS)
     loud = np.flatnonzero(db >= threshold)
     if len(loud) == 0:
@@ -101,10 +128,15 @@ def needs_redo(
     *,
     min_speech_s: float = 1.0,
     max_missing_s: float = 1.5,
+    max_word_s: float = 2.5,
 ) -> bool:
-    """Whether a member's share of a packed window looks cut short: it has at least
-    `min_speech_s` of loud audio but no words, or its words end (or start) more than
-    `max_missing_s` inside that loud stretch. Times are relative to the member's audio."""
+    """Whether a member's share of a packed window looks wrong: a word stretched over
+    `max_word_s` (the aligner spreading text over speech the decoder skipped; aligned words
+    last at most 1.6 s in packed shared audio), or at least `min_speech_s` of loud audio
+    with no words, or words that end (or start) more than `max_missing_s` inside that
+    loud stretch. Times are relative to the member's audio."""
+    if any(end_s - start_s > max_word_s for start_s, end_s in word_times_s):
+        return True
     if extent_s is None or extent_s[1] - extent_s[0] < min_speech_s:
         return False
     if not word_times_s:

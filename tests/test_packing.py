@@ -49,6 +49,22 @@ def test_speech_extent_finds_the_loud_part_and_ignores_silence() -> None:
     assert packing.speech_extent_s(np.zeros(10, np.float32)) is None
 
 
+def level_db(audio: np.ndarray) -> float:
+    return float(20 * np.log10(np.sqrt(np.mean(np.square(audio)))))
+
+
+def test_members_are_levelled_to_one_loudness_within_bounds() -> None:
+    quiet, loud = tone(2.0, level=0.01), tone(2.0, level=0.9)
+    target_db = packing.TARGET_LEVEL_DBFS
+    assert level_db(packing.levelled(quiet)) == pytest.approx(target_db, abs=0.5)
+    assert level_db(packing.levelled(loud)) == pytest.approx(target_db, abs=0.5)
+    faint = tone(2.0, level=0.0003)  # -73 dBFS: below the floor, left alone
+    assert np.array_equal(packing.levelled(faint), faint)
+    whisper = tone(2.0, level=0.003)  # -53 dBFS: raised by the most allowed, not to target
+    gained_db = level_db(packing.levelled(whisper)) - level_db(whisper)
+    assert gained_db == pytest.approx(packing.MAX_GAIN_DB, abs=0.1)
+
+
 @pytest.mark.parametrize(
     ("words", "extent", "redo"),
     [
@@ -58,6 +74,7 @@ def test_speech_extent_finds_the_loud_part_and_ignores_silence() -> None:
         ([(0.4, 1.0), (4.0, 5.6)], (0.3, 6.0), False),
         ([], (0.3, 0.9), False),  # too little sound to expect words (a cough)
         ([], None, False),  # silence
+        ([(0.4, 3.5), (3.6, 5.8)], (0.3, 6.0), True),  # a word stretched over skipped speech
     ],
 )
 def test_needs_redo(
@@ -116,6 +133,19 @@ def test_packed_finals_match_unpacked_accuracy_with_fewer_windows(
     )
     assert windows < len(requests) / 2, "the shared utterances pack at least two to a window"
     assert wer(packed_engine) <= wer(plain_engine) + 0.01
+
+
+def test_a_quiet_talker_sharing_a_window_with_a_loud_one_is_heard(
+    engines: tuple[WhisperEngine, WhisperEngine], audio_dir: Path
+) -> None:
+    """The TIMIT file is 20 dB quieter than the others; unlevelled, Whisper skipped it in
+    packed windows and its neighbour's first words were given to it."""
+    packed_engine, _ = engines
+    quiet = load_files(audio_dir, ["timit_LDC93S1.wav"])[0].samples.astype(np.float32) / 32768
+    loud = load_files(audio_dir, ["cmuarctic_a0024.wav"])[0].samples.astype(np.float32) / 32768
+    first, second = packed_engine.transcribe_batch([AsrRequest(quiet), AsrRequest(loud)])
+    assert "greasy wash water" in first.text.lower()
+    assert second.text.lower().startswith("it was my reports")
 
 
 def test_each_member_gets_its_own_words_and_silence_stays_empty(
