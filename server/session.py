@@ -129,7 +129,7 @@ class SessionConfig:
     max_pending_finals: int = 8
     speculate_ms: int | None = 240
     """Silence after which an open utterance's final is asked for early (None: never)."""
-    sentence_end_ms: int | None = None
+    sentence_end_ms: int | None = 300
     """Endpointing after a guess that ends a sentence (None: no adaptive endpointing)."""
 
 
