@@ -174,6 +174,10 @@ class SchedulerStats:
         alpha = 0.2
         self.batch_s_ewma = (1 - alpha) * self.batch_s_ewma + alpha * seconds
 
+    @property
+    def mean_batch_size(self) -> float:
+        return self.items / self.batches if self.batches else 1.0
+
 
 Observer = Callable[[int, float, bool, Sequence[float]], None]
 """(batch size, inference seconds, is_final batch, queue waits in seconds) after each batch."""
@@ -278,10 +282,13 @@ class Scheduler(Generic[Req, Res]):
         return len(self._queue)
 
     def estimated_final_wait_s(self) -> float:
-        """How long a new final would wait: the finals ahead of it, over the workers."""
+        """How long a new final would wait: the finals ahead of it, over the workers. A
+        batch is counted as holding what batches have held so far (at most `max_batch`):
+        packed CPU batches close at one window, long before `max_batch` requests."""
         with self._cond:
             ahead = self._queue.finals_waiting + self._busy
-        batches = ahead / max(1, self.max_batch)
+        per_batch = min(float(self.max_batch), max(1.0, self.stats.mean_batch_size))
+        batches = ahead / per_batch
         return batches * self.stats.batch_s_ewma / self._workers
 
     # -------------------------------------------------------------- workers

@@ -193,3 +193,19 @@ def test_promote_and_withdraw() -> None:
     q.withdraw(other)
     assert other.cancelled and len(q) == 1
     assert q.next_batch(1.0, allow_interims=False)[0] == [guess]
+
+
+async def test_wait_estimate_counts_batches_as_big_as_they_have_been() -> None:
+    """Packed CPU batches close at one window (about 2 finals), far below max_batch 16: the
+    admission estimate must count the finals ahead in batches of that size."""
+    scheduler: Scheduler[str, str] = Scheduler(
+        GatedEngine(), workers=2, max_batch=16, batch_wait_ms=0
+    )
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        scheduler.stats.record(2, 1.0)
+    scheduler.stats.batch_s_ewma = 2.0
+    for i in range(8):
+        scheduler.submit(loop, f"s{i}", f"f{i}", final=True, batch_key="en", on_done=print)
+    # 8 finals ahead / 2 per batch = 4 batches of 2.0 s over 2 workers.
+    assert scheduler.estimated_final_wait_s() == 4.0
