@@ -3,7 +3,8 @@
 Feeds `transcribe_batch` with B utterances (the shared speech files, cycled) for each B in
 `--batches`, for finals (beam search + word alignment) and interims (greedy), and prints
 utterances per second, audio seconds per second and the speed-up over batch 1, measured
-side by side in one run. Use it on a GPU (`--device cuda`, float16) to size `--max-batch`.
+side by side in one run. Use it on a GPU (`--device cuda`, float16) to size `--max-batch`,
+and on CPU with `--pack-window-s 30` to see what packing a batch into shared windows saves.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.asr import AsrRequest, WhisperEngine
+from server.asr import AsrRequest, DecodeOptions, WhisperEngine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--pack-window-s", type=float, default=0.0, help="pack each batch into windows (0: off)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         compute_type=args.compute_type,
         cpu_threads=args.cpu_threads,
         workers=1,
+        decode=DecodeOptions(pack_window_s=args.pack_window_s),
     )
     clips = load_clips(SHARED_DIR / "audio")
     rows: list[Row] = []
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "device": engine.device,
         "compute_type": engine.compute_type,
+        "pack_window_s": args.pack_window_s,
         "rows": [asdict(r) for r in rows],
     }
     if args.json:
