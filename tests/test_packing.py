@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.metrics_calc import corpus_wer
 from bench.workload import load_files
@@ -141,8 +144,12 @@ def test_a_quiet_talker_sharing_a_window_with_a_loud_one_is_heard(
     """The TIMIT file is 20 dB quieter than the others; unlevelled, Whisper skipped it in
     packed windows and its neighbour's first words were given to it."""
     packed_engine, _ = engines
-    quiet = load_files(audio_dir, ["timit_LDC93S1.wav"])[0].samples.astype(np.float32) / 32768
-    loud = load_files(audio_dir, ["cmuarctic_a0024.wav"])[0].samples.astype(np.float32) / 32768
+    quiet = load_files(audio_dir, ["timit_LDC93S1.wav"])[0].samples.astype(np.float32) / np.float32(
+        32768
+    )
+    loud = load_files(audio_dir, ["cmuarctic_a0024.wav"])[0].samples.astype(
+        np.float32
+    ) / np.float32(32768)
     first, second = packed_engine.transcribe_batch([AsrRequest(quiet), AsrRequest(loud)])
     assert "greasy wash water" in first.text.lower()
     assert second.text.lower().startswith("it was my reports")
@@ -174,3 +181,38 @@ def test_each_member_gets_its_own_words_and_silence_stays_empty(
     for final, interim in ((results[0], results[3]), (results[2], results[4])):
         assert interim.text and interim.words == (), "interims carry no words"
         assert corpus_wer([final.text], [interim.text]).wer < 0.3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    durations=st.lists(st.floats(0.1, 29.0), max_size=20),
+    window_s=st.floats(5.0, 30.0),
+    gap_s=st.floats(0.0, 2.0),
+)
+def test_plan_keeps_order_covers_every_item_once_and_fits_its_windows(
+    durations: list[float], window_s: float, gap_s: float
+) -> None:
+    windows = packing.plan_windows(durations, window_s=window_s, gap_s=gap_s)
+    assert [i for w in windows for i in w] == list(range(len(durations)))
+    for window in windows:
+        used_s = sum(durations[i] for i in window) + gap_s * (len(window) - 1)
+        assert len(window) == 1 or used_s <= window_s + 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 3 * RATE), min_size=1, max_size=6),
+    gap_s=st.sampled_from([0.0, 0.5, 1.0]),
+    midpoints=st.lists(st.floats(-5.0, 40.0), max_size=30),
+)
+def test_layout_spans_are_ordered_and_every_word_has_one_owner(
+    lengths: list[int], gap_s: float, midpoints: list[float]
+) -> None:
+    audio, spans = packing.lay_out([np.full(n, 0.1, np.float32) for n in lengths], gap_s)
+    assert len(audio) == sum(lengths) + round(gap_s * RATE) * (len(lengths) - 1)
+    for span, n in zip(spans, lengths, strict=True):
+        assert span.end_s - span.start_s == pytest.approx(n / RATE)
+    assert all(a.end_s <= b.start_s for a, b in itertools.pairwise(spans))
+    owners = packing.assign(sorted(midpoints), spans)
+    assert all(0 <= o < len(spans) for o in owners)
+    assert owners == sorted(owners), "words in time order keep the members' order"
