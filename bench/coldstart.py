@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3  # type: ignore[import-untyped,unused-ignore]
-from moto.server import ThreadedMotoServer
+from bench.locals3 import moto_server, s3_client
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = "streamscribe: ready"
@@ -66,29 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = args.model or default_model()
 
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "B2_"))}
     env.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, HF_HUB_OFFLINE="1")
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    ).create_bucket(Bucket="models")
     source = "s3://models/whisper/tiny.en"
-    subprocess.run(
-        [sys.executable, "-m", "cache", "push", str(model), source, "--s3-endpoint", endpoint],
-        check=True,
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-    )
     times: dict[str, list[float]] = {"local": [], "cold": [], "warm": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with moto_server() as (_, endpoint), tempfile.TemporaryDirectory() as tmp:
+        s3_client(endpoint, KEY_ID, SECRET).create_bucket(Bucket="models")
+        subprocess.run(
+            [sys.executable, "-m", "cache", "push", str(model), source, "--s3-endpoint", endpoint],
+            check=True,
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+        )
         for rep in range(args.reps):
             cache = Path(tmp) / f"cache-{rep}"
             remote = ["--model", source, "--cache-dir", str(cache), "--s3-endpoint", endpoint]
@@ -100,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"rep {rep + 1}: " + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                 flush=True,
             )
-    moto.stop()
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{'variant':8s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'over local':>11s}")
     for name, values in times.items():

@@ -39,10 +39,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped,unused-ignore]
 from boto3.s3.transfer import TransferManager  # type: ignore[import-untyped,unused-ignore]
 from botocore.config import Config
 
+from bench.locals3 import moto_server, s3_client
 from cache.manifest import Manifest
 from cache.push import push
 from cache.s3 import TransferConfig
@@ -68,14 +68,10 @@ class Run:
 
 
 def _serve_moto(conn: Connection) -> None:
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    conn.send(server.get_host_and_port()[1])
-    conn.recv()
-    server.stop()
+    with moto_server() as (server, _):
+        conn.send(server.get_host_and_port()[1])
+        conn.recv()
 
 
 @contextlib.contextmanager
@@ -107,19 +103,13 @@ def _environ() -> dict[str, str]:
 
 
 def _boto_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-        config=Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=16,
-        ),
+    config = Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
     )
+    return s3_client(endpoint, KEY_ID, SECRET, config)
 
 
 class Bench:

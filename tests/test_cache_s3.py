@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3  # type: ignore[import-untyped,unused-ignore]
 import pytest
 from filelock import FileLock
-from moto.server import ThreadedMotoServer
 
+from bench.locals3 import moto_server, s3_client
 from cache.errors import DiskSpaceError, HydrationError, IntegrityError, RemoteError
 from cache.layout import LOCK_NAME, PARTIAL_DIR, CacheDir
 from cache.manifest import MANIFEST_NAME, model_files
@@ -53,21 +52,12 @@ def _fake_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as (_, endpoint):
+        yield endpoint
 
 
 def _boto(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
+    return s3_client(endpoint, KEY_ID, SECRET)
 
 
 def _new_bucket(endpoint: str) -> str:

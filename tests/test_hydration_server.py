@@ -11,10 +11,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from bench.locals3 import moto_server, s3_client
 from tests.conftest import REPO_ROOT, start_server
 from tests.wsclient import chunks, normalize, read_wav, stream
 
@@ -26,10 +26,6 @@ SECRET = "server-test-secret-never-logged"
 
 @pytest.fixture
 def s3_env(tmp_path: Path) -> Iterator[tuple[ThreadedMotoServer, str, dict[str, str]]]:
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "B2_", "STREAMSCRIBE"))}
     env.update(
         AWS_ACCESS_KEY_ID=KEY_ID,
@@ -37,15 +33,9 @@ def s3_env(tmp_path: Path) -> Iterator[tuple[ThreadedMotoServer, str, dict[str, 
         AWS_CONFIG_FILE=str(tmp_path / "none"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
     )
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    ).create_bucket(Bucket="models")
-    yield moto, endpoint, env
-    moto.stop()
+    with moto_server() as (moto, endpoint):
+        s3_client(endpoint, KEY_ID, SECRET).create_bucket(Bucket="models")
+        yield moto, endpoint, env
 
 
 def push(model_dir: Path, endpoint: str, env: dict[str, str]) -> str:
@@ -89,9 +79,7 @@ async def test_cold_then_warm_start_from_bucket(
 
     cold = start_server(*args, env=env)
     try:
-        assert "what your country can do for you" in await transcribe_jfk(
-            cold.ws_url, audio_dir
-        )
+        assert "what your country can do for you" in await transcribe_jfk(cold.ws_url, audio_dir)
         metrics = await asyncio.to_thread(fetch, cold.http_url + "/metrics")
         size = (model_dir / "model.bin").stat().st_size
         line = next(
