@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from vad.framing import frames_dbfs
+
 SAMPLE_RATE_HZ = 16_000
 REF_FRAME_SAMPLES = 160  # 10 ms: the resolution of the reference speech marks
 SEED = 20_240_607
@@ -139,9 +141,8 @@ def reference_texts(audio_dir: Path) -> dict[str, str]:
 
 def energy_speech_spans(samples: npt.NDArray[np.float32]) -> Spans:
     """Speech runs of a clean recording, in samples, from its own 10 ms frame energies."""
-    n = len(samples) // REF_FRAME_SAMPLES
-    frames = samples[: n * REF_FRAME_SAMPLES].astype(np.float64).reshape(n, REF_FRAME_SAMPLES)
-    energy = 10 * np.log10(np.maximum(np.mean(frames**2, axis=1), 1e-10))
+    energy = frames_dbfs(samples, REF_FRAME_SAMPLES)
+    n = len(energy)
     floor = float(np.percentile(energy, 5))
     loud = float(np.percentile(energy, 99))
     high = max(loud - 30.0, floor + 10.0)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from vad.framing import frames_dbfs
+
 SAMPLE_RATE_HZ = 16_000
 _ENERGY_FRAME_SAMPLES = 320  # 20 ms
 _SPEECH_BELOW_PEAK_DB = 30.0
@@ -82,22 +84,10 @@ def assign(midpoints_s: Sequence[float], spans: Sequence[Span]) -> list[int]:
     return [min(range(len(spans)), key=lambda i: spans[i].distance_s(t)) for t in midpoints_s]
 
 
-def _frame_db(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Power of each whole 20 ms frame, in dBFS."""
-    frames = len(audio) // _ENERGY_FRAME_SAMPLES
-    if frames == 0:
-        return np.zeros(0, dtype=np.float64)
-    power = np.mean(
-        np.square(audio[: frames * _ENERGY_FRAME_SAMPLES].reshape(frames, -1), dtype=np.float64),
-        axis=1,
-    )
-    return np.asarray(10.0 * np.log10(power + 1e-12), dtype=np.float64)
-
-
 def levelled(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """`audio` scaled so that its loud frames (within 30 dB of its loudest) average
     `TARGET_LEVEL_DBFS`, by at most +30/-20 dB; silence is left alone."""
-    db = _frame_db(audio)
+    db = frames_dbfs(audio, _ENERGY_FRAME_SAMPLES)
     if len(db) == 0 or db.max() < _SPEECH_FLOOR_DBFS:
         return audio
     loud = db[db >= db.max() - _SPEECH_BELOW_PEAK_DB]
@@ -111,7 +101,7 @@ def levelled(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def speech_extent_s(audio: npt.NDArray[np.float32]) -> tuple[float, float] | None:
     """First and last 20 ms frame within 30 dB of the loudest one (and above -55 dBFS),
     in seconds from the start; None for silence."""
-    db = _frame_db(audio)
+    db = frames_dbfs(audio, _ENERGY_FRAME_SAMPLES)
     if len(db) == 0:
         return None
     threshold = max(float(db.max()) - _SPEECH_BELOW_PEAK_DB, _SPEECH_FLOOR_DBFS)

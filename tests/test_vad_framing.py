@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vad.base import VadConfigError
-from vad.framing import Framer, frame_dbfs
+from vad.framing import SILENCE_FLOOR_DBFS, Framer, frame_dbfs, frames_dbfs
 from vad.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 from vad.webrtc import WebRtcClassifier
 
@@ -149,3 +149,16 @@ def test_segmenter_events_do_not_depend_on_random_splits(
 ) -> None:
     points = sorted({c % len(speech) for c in cuts})
     assert segment(np.split(speech, points)) == segment([speech])
+
+
+def test_frames_dbfs_is_frame_dbfs_of_each_whole_frame() -> None:
+    rng = np.random.default_rng(7)
+    audio = np.concatenate(
+        [np.zeros(480, np.float32), (0.1 * rng.standard_normal(1000)).astype(np.float32)]
+    )
+    levels = frames_dbfs(audio, 320)
+    assert len(levels) == 4, "the 200-sample tail is not a frame"
+    expected = [frame_dbfs(audio[i * 320 : (i + 1) * 320]) for i in range(4)]
+    assert np.allclose(levels, expected)
+    assert levels[0] == SILENCE_FLOOR_DBFS
+    assert len(frames_dbfs(audio[:100], 320)) == 0

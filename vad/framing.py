@@ -22,6 +22,18 @@ def frame_dbfs(frame: npt.NDArray[np.float32]) -> float:
     return max(SILENCE_FLOOR_DBFS, 10.0 * math.log10(mean_square))
 
 
+def frames_dbfs(audio: npt.NDArray[np.float32], frame_samples: int) -> npt.NDArray[np.float64]:
+    """`frame_dbfs` of each whole `frame_samples` frame of `audio` (a partial tail is
+    ignored), computed in one pass."""
+    frames = len(audio) // frame_samples
+    if frames == 0:
+        return np.zeros(0, dtype=np.float64)
+    whole = audio[: frames * frame_samples].reshape(frames, frame_samples)
+    mean_square = np.mean(np.square(whole, dtype=np.float64), axis=1)
+    db: npt.NDArray[np.float64] = 10.0 * np.log10(np.maximum(mean_square, 1e-10))
+    return db
+
+
 class Framer:
     """Any-size float32 16 kHz mono chunks in, exact frames of frame_ms out.
 
