@@ -122,9 +122,10 @@ def load_engine(runtime: Runtime, model_dir: Path, name: str) -> WhisperEngine:
     device = resolve_device(m.device)
     pack_s = runtime.settings.scheduler.pack_window_s
     if pack_s < 0:
-        # On CPU a call costs a 30 s encoder pass whatever its length: packing 15 shared
-        # utterances into windows took 0.82 s per final against 1.58 s one by one, at equal
-        # WER (bench.engine). On a GPU batching gives the throughput without the split.
+        # On CPU a call costs a 30 s encoder pass whatever its length: packing the 15 VAD
+        # utterances of the shared audio (batches of 8, 1 thread) took 0.82 s per final
+        # against 1.58 s one by one, at equal WER (tests/test_packing.py checks the WER).
+        # On a GPU batching gives the throughput without the split.
         pack_s = 30.0 if device == "cpu" else 0.0
     return WhisperEngine(
         model_dir,
