@@ -240,7 +240,9 @@ class Downloader:
                 f"{job.entry.size}; the bucket changed since the push (push it again)"
             )
         buffer = bytearray()
-        async with response["Body"] as body:
+        body = response["Body"]
+        # Not `as body`: before aiobotocore 3.8 that gives the bare aiohttp response.
+        async with body:
             async for chunk in body.iter_chunks(READ_CHUNK_BYTES):
                 if done[0] + len(buffer) + len(chunk) > job.size:
                     raise IntegrityError(

@@ -11,13 +11,11 @@ image has no weights, so STREAMSCRIBE_MODEL points at the built-in tiny.en direc
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -26,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO_ROOT, builtin_model_dir
 from tests.dockerfile_model import (
@@ -37,15 +36,9 @@ from tests.dockerfile_model import (
     read_dockerignore,
     stage_args,
 )
+from tests.venvs import BASE_PATH, build_env
 
 pytestmark = pytest.mark.slow
-
-BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The builder's own network and registry settings pass through to RUN steps, as a Docker
-# daemon's would; nothing else of this machine's environment does.
-HOST_PASSTHROUGH = re.compile(
-    r"(?i)^(.*_proxy|PIP_.*|SSL_CERT_.*|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE)$"
-)
 
 
 @dataclass
@@ -77,12 +70,6 @@ class BuildReplay:
     rootfs: Rootfs
     ran: list[str]
     skipped: list[tuple[str, str]]
-
-
-def build_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if HOST_PASSTHROUGH.match(k)}
-    env["PATH"] = f"{Path(sys.base_prefix) / 'bin'}:{BASE_PATH}"
-    return env
 
 
 def replay_build_stage(dockerfile: Dockerfile, rootfs: Rootfs) -> BuildReplay:
@@ -302,6 +289,27 @@ def test_installed_package_is_used_and_carries_no_weights(image: Image) -> None:
     assert Path(location).is_relative_to(image.rootfs.host("/opt/venv")), location
     assert tuple(int(p) for p in version.split(".")[:3]) >= (4, 6, 3), version
     assert no_weights == "True", "the image must not carry model weights"
+
+
+def test_installed_versions_are_the_constraints(image: Image) -> None:
+    """The build installs exactly deploy/constraints.txt's versions (the lock is in force)."""
+    env = image.env()
+    frozen = subprocess.run(
+        image.argv(["python", "-m", "pip", "freeze", "--exclude", "streamscribe"], env),
+        cwd=image.workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pinned = (REPO_ROOT / "deploy" / "constraints.txt").read_text(encoding="utf-8")
+    assert versions(frozen) == versions(pinned)
+
+
+def versions(freeze_output: str) -> dict[str, str]:
+    """`name==version` lines (comments skipped) -> canonical name -> version."""
+    pairs = (line.split("==") for line in freeze_output.splitlines() if "==" in line)
+    return {canonicalize_name(name): version.strip() for name, version in pairs}
 
 
 def test_entrypoint_with_the_image_env_becomes_ready(image: Image, running: Running) -> None:
