@@ -31,7 +31,14 @@ _RETRYABLE_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 )
 _AUTH_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "Forbidden"}
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "Forbidden",
+    }
 )
 _RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.ConnectionError,
@@ -101,12 +108,14 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class S3Settings:
-    """Where the store is and how to sign for it; the secret never appears in repr."""
+    """Where the store is and how to sign for it; no credential appears in repr."""
 
     endpoint_url: str | None
     region: str
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    """AWS_SESSION_TOKEN of temporary (STS) keys; B2 keys have none."""
 
     @property
     def endpoint_label(self) -> str:
@@ -116,7 +125,8 @@ class S3Settings:
 def resolve_settings(
     location: S3Location, endpoint_url: str | None, environ: Mapping[str, str]
 ) -> S3Settings:
-    """Endpoint: argument, AWS_ENDPOINT_URL, B2_ENDPOINT. Keys: AWS_* pair, else B2_* pair."""
+    """Endpoint: argument, AWS_ENDPOINT_URL, B2_ENDPOINT. Keys: AWS_* pair (with
+    AWS_SESSION_TOKEN when set), else B2_* pair; with neither, botocore's own chain."""
     endpoint = endpoint_url or environ.get("AWS_ENDPOINT_URL") or environ.get("B2_ENDPOINT")
     if not endpoint and location.scheme == "b2":
         raise ConfigError(
@@ -129,7 +139,7 @@ def resolve_settings(
         parsed = urlsplit(endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ConfigError(f"endpoint {endpoint!r} is not an http(s):// URL")
-    key_id, secret = _credentials(environ)
+    key_id, secret, token = _credentials(environ)
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     if not region and endpoint:
         match = _B2_HOST_RE.match(urlsplit(endpoint).hostname or "")
@@ -139,21 +149,23 @@ def resolve_settings(
         region=region or "us-east-1",
         access_key_id=key_id,
         secret_access_key=secret,
+        session_token=token,
     )
 
 
-def _credentials(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
-    for id_name, secret_name in (
-        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
-        ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY"),
+def _credentials(environ: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
+    """(key id, secret, session token): the AWS_* pair, else the B2_* pair, else none."""
+    for id_name, secret_name, token_name in (
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
+        ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", None),
     ):
         key_id, secret = environ.get(id_name), environ.get(secret_name)
         if key_id and secret:
-            return key_id, secret
+            return key_id, secret, (environ.get(token_name) or None) if token_name else None
         if key_id or secret:
             missing = secret_name if key_id else id_name
             raise ConfigError(f"{missing} is not set but its partner is; set both or neither")
-    return None, None
+    return None, None, None
 
 
 @contextlib.asynccontextmanager
@@ -178,6 +190,7 @@ async def open_client(settings: S3Settings, transfer: TransferConfig) -> AsyncIt
                     region_name=settings.region,
                     aws_access_key_id=settings.access_key_id,
                     aws_secret_access_key=settings.secret_access_key,
+                    aws_session_token=settings.session_token,
                     config=config,
                     # Plain http needs no CA bundle; loading one costs ~0.1 s per client.
                     verify=None if _uses_tls(settings.endpoint_url) else False,
@@ -218,8 +231,9 @@ def describe(exc: BaseException) -> str:
             reason += f": {error['Message']}"
         if code in _AUTH_CODES or status == 403:
             reason += (
-                "; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or B2_APPLICATION_KEY_ID/"
-                "B2_APPLICATION_KEY) and that the key may read this bucket"
+                "; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN for "
+                "temporary keys) or B2_APPLICATION_KEY_ID/B2_APPLICATION_KEY, and that the key "
+                "may read this bucket"
             )
         elif code == "NoSuchBucket":
             reason += "; check the bucket name and the endpoint"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import filecmp
+import json
 import logging
 import os
 import shutil
@@ -418,6 +419,59 @@ async def test_too_little_disk_gives_a_clear_error(
     assert "74.5 MiB" in message  # what the model needs
     assert "STREAMSCRIBE_CACHE_RESERVE_BYTES" in message
     assert CacheDir(cache).models() == []
+
+
+def _temporary_credentials(endpoint: str) -> dict[str, str]:
+    """Key, secret and session token of a role, allowed all of S3, assumed through moto's STS."""
+    import boto3  # type: ignore[import-untyped,unused-ignore]
+
+    def client(service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=SECRET,
+        )
+
+    name = f"reader-{uuid.uuid4().hex[:8]}"
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}],
+    }
+    role = client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+    allow = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
+    client("iam").put_role_policy(RoleName=name, PolicyName="s3", PolicyDocument=json.dumps(allow))
+    assumed = client("sts").assume_role(RoleArn=role["Role"]["Arn"], RoleSessionName="hydrate")
+    credentials = assumed["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": credentials["SessionToken"],
+    }
+
+
+async def test_temporary_credentials_sign_with_their_session_token(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import moto.settings
+
+    model = _small_model(tmp_path / "small", b"sts")
+    pushed = await _push(s3_endpoint, model)
+    temporary = _temporary_credentials(s3_endpoint)
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys now
+    path = await hydrate(
+        pushed.source, tmp_path / "cache", endpoint_url=pushed.endpoint, environ=temporary
+    )
+    _assert_same_model(path, model)
+    without_token = {k: v for k, v in temporary.items() if k != "AWS_SESSION_TOKEN"}
+    with pytest.raises(HydrationError, match="InvalidAccessKeyId"):
+        await hydrate(
+            pushed.source, tmp_path / "other", endpoint_url=pushed.endpoint, environ=without_token
+        )
 
 
 def test_bad_credentials_give_a_clear_error_without_the_secret(

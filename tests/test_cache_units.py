@@ -212,6 +212,17 @@ def test_credentials_from_either_pair_and_never_in_repr() -> None:
     assert "id2" not in str(caught.value)
 
 
+def test_temporary_aws_keys_keep_their_session_token() -> None:
+    location = parse_source("s3://bucket/p")
+    temporary = {"AWS_ACCESS_KEY_ID": "ASIA1", "AWS_SECRET_ACCESS_KEY": "s1"}
+    settings = resolve_settings(location, None, {**temporary, "AWS_SESSION_TOKEN": "token1"})
+    assert settings.session_token == "token1" and "token1" not in repr(settings)
+    assert resolve_settings(location, None, temporary).session_token is None
+    b2_keys = {"B2_APPLICATION_KEY_ID": "id2", "B2_APPLICATION_KEY": "s2"}
+    b2 = resolve_settings(location, None, {**b2_keys, "AWS_SESSION_TOKEN": "token1"})
+    assert b2.session_token is None  # an AWS token never rides along with B2 keys
+
+
 def _client_error(status: int, code: str) -> botocore.exceptions.ClientError:
     response: Any = {
         "Error": {"Code": code, "Message": "m"},
