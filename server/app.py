@@ -76,7 +76,7 @@ async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
 
         def report(state: HydrationProgress) -> None:
             metrics.hydration_bytes.set(state.bytes_done)
-            metrics.hydration_bytes_total.set(state.bytes_total)
+            metrics.hydration_bytes_expected.set(state.bytes_total)
 
         try:
             path = await hydrate(
@@ -286,6 +286,7 @@ async def _start_engine(runtime: Runtime) -> None:
             head_start.cancel()
     runtime.engine = engine
     runtime.model = model_info(name, f"{engine.device}-{engine.compute_type}")
+    runtime.metrics.set_model_info(name, engine.device, engine.compute_type)
     runtime.classifier_factory = classifier_factory(runtime.settings)
     runtime.classifier_factory()  # fail now, not in the first session, if the VAD cannot load
     scheduler = scheduler_for(runtime, engine)

@@ -16,6 +16,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from server.connection import options_for, query_of
+from server.metrics import CONTENT_TYPE_LATEST
 from server.protocol import InvalidParameter
 from server.runtime import Runtime
 
@@ -152,7 +153,7 @@ class HttpRoutes:
             rt.metrics.ready.set(1 if rt.ready else 0)
 
         body = rt.metrics.render(refresh)
-        return response(200, body, "text/plain; version=0.0.4; charset=utf-8")
+        return response(200, body, CONTENT_TYPE_LATEST)
 
     def _models(self) -> Response:
         rt = self.runtime
