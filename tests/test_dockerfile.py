@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from server.metrics import Metrics
 from tests.conftest import REPO_ROOT
@@ -32,6 +34,7 @@ from tests.dockerfile_model import (
 )
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+CONSTRAINTS = "deploy/constraints.txt"
 K8S = REPO_ROOT / "deploy" / "k8s"
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|cmake|[\w.+-]+-dev)\b")
 
@@ -114,6 +117,28 @@ def test_build_stage_installs_the_package_without_weights(dockerfile: Dockerfile
     assert any(c.text == ". ." for c in build.all("COPY"))
 
 
+def test_build_stage_installs_from_the_constraints_file(dockerfile: Dockerfile) -> None:
+    runs = [run.flags_and_rest()[1] for run in dockerfile.stage("build").all("RUN")]
+    (package_install,) = [shlex.split(r) for r in runs if r.startswith("pip install .")]
+    assert package_install[package_install.index("-c") + 1] == CONSTRAINTS
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyproject() -> None:
+    pins: dict[str, str] = {}
+    for line in (REPO_ROOT / CONSTRAINTS).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = spec.version
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    for text in project["project"]["dependencies"]:
+        declared = Requirement(text)
+        pinned = pins.get(canonicalize_name(declared.name))
+        assert pinned is not None, f"{CONSTRAINTS} does not pin {declared.name}"
+        assert declared.specifier.contains(pinned), f"{declared.name}=={pinned} is not {text}"
+
+
 def test_final_stage_has_no_compilers_and_no_builds(dockerfile: Dockerfile) -> None:
     final = dockerfile.final
     copies = [c.flags_and_rest() for c in final.all("COPY")]
@@ -189,7 +214,8 @@ def test_build_context_holds_exactly_what_pip_install_needs() -> None:
         for p in project["tool"]["setuptools"]["packages"]["find"]["include"]
         if (REPO_ROOT / p.rstrip("*")).is_dir()
     }
-    assert tops == {"pyproject.toml", project["project"]["readme"], *packages}
+    assert tops == {"pyproject.toml", project["project"]["readme"], *packages, "deploy"}
+    assert [f for f in files if f.startswith("deploy/")] == [CONSTRAINTS]
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
     # Package data travels too (the web page served at /).
     web = REPO_ROOT / "clients" / "web"
