@@ -2,11 +2,15 @@
 
 Cue timings come from each final's `start`/`duration` (stream time, so cues tile the speech
 without overlapping); a long final is split into several cues at word boundaries using the
-word timings, so no subtitle shows more than two short lines.
+word timings, so no subtitle shows more than two lines of 42 characters (a single word
+longer than a line excepted). WebVTT cue text is escaped (`&`, `<`, `>`), so a transcript's
+"<" or "-->" cannot open a tag or end a cue early; SRT has no escapes and gets the text as
+it is. clients/web/formats.js exports the page's transcript the same way.
 """
 
 from __future__ import annotations
 
+import html
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ OutputFormat = Literal["text", "json", "srt", "vtt"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "srt", "vtt")
 
 MAX_LINE_CHARS = 42
-MAX_CUE_CHARS = 2 * MAX_LINE_CHARS
+MAX_CUE_LINES = 2
 VTT_HEADER = "WEBVTT\n\n"
 
 
@@ -49,25 +53,35 @@ def vtt_timestamp(seconds: float) -> str:
     return _clock(seconds, ".")
 
 
-def _group_words(words: Sequence[Word], max_chars: int) -> list[list[Word]]:
+def _wrap(text: str) -> list[str]:
+    """Greedy lines of at most MAX_LINE_CHARS, broken at spaces only (a longer word keeps a
+    line of its own); clients/web/formats.js wraps the same way."""
+    return textwrap.wrap(text, MAX_LINE_CHARS, break_long_words=False, break_on_hyphens=False)
+
+
+def _group_words(words: Sequence[Word], max_lines: int) -> list[list[Word]]:
+    """Consecutive words in runs whose text wraps (as `_wrap` does) into at most `max_lines`."""
     groups: list[list[Word]] = []
     current: list[Word] = []
-    length = 0
+    lines = line_chars = 0
     for word in words:
-        added = len(word.punctuated_word) + (1 if current else 0)
-        if current and length + added > max_chars:
-            groups.append(current)
-            current, length = [], 0
-            added = len(word.punctuated_word)
+        chars = len(word.punctuated_word)
+        if current and line_chars + 1 + chars <= MAX_LINE_CHARS:
+            line_chars += 1 + chars  # same line
+        elif current and lines < max_lines:
+            lines, line_chars = lines + 1, chars  # next line of this cue
+        else:
+            if current:
+                groups.append(current)
+            current, lines, line_chars = [], 1, chars  # first line of a new cue
         current.append(word)
-        length += added
     if current:
         groups.append(current)
     return groups
 
 
 def cues_from_final(
-    final: Results, offset_s: float = 0.0, max_chars: int = MAX_CUE_CHARS
+    final: Results, offset_s: float = 0.0, max_lines: int = MAX_CUE_LINES
 ) -> list[Cue]:
     """The cues of one final result, shifted by `offset_s` (empty for an empty transcript)."""
     text = final.transcript.strip()
@@ -75,9 +89,9 @@ def cues_from_final(
         return []
     start_s = offset_s + final.start_s
     end_s = max(start_s, offset_s + final.end_s)
-    if len(text) <= max_chars or not final.words:
+    if len(_wrap(text)) <= max_lines or not final.words:
         return [Cue(start_s, end_s, text)]
-    groups = _group_words(final.words, max_chars)
+    groups = _group_words(final.words, max_lines)
     starts = [start_s]
     for group in groups[1:]:
         word_start_s = min(max(offset_s + group[0].start_s, starts[-1]), end_s)
@@ -90,7 +104,7 @@ def cues_from_final(
 
 
 def _wrapped(text: str) -> str:
-    return "\n".join(textwrap.wrap(text, MAX_LINE_CHARS)) or text
+    return "\n".join(_wrap(text)) or text
 
 
 def srt_cue(index: int, cue: Cue) -> str:
@@ -99,10 +113,15 @@ def srt_cue(index: int, cue: Cue) -> str:
     return f"{index}\n{timing}\n{_wrapped(cue.text)}\n\n"
 
 
+def vtt_text(text: str) -> str:
+    """Cue text as WebVTT needs it: wrapped, then `&`, `<` and `>` as character references."""
+    return html.escape(_wrapped(text), quote=False)
+
+
 def vtt_cue(cue: Cue) -> str:
     """One WebVTT cue block, ending with a blank line."""
     timing = f"{vtt_timestamp(cue.start_s)} --> {vtt_timestamp(cue.end_s)}"
-    return f"{timing}\n{_wrapped(cue.text)}\n\n"
+    return f"{timing}\n{vtt_text(cue.text)}\n\n"
 
 
 def to_srt(cues: Iterable[Cue]) -> str:

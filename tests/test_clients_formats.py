@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import re
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from clients.events import Metadata, Results, Word, parse_message
 from clients.formats import (
-    MAX_CUE_CHARS,
+    MAX_CUE_LINES,
+    MAX_LINE_CHARS,
     Cue,
     TranscriptWriter,
     cues_from_final,
@@ -92,8 +94,24 @@ def test_long_final_split_at_words_tiles_its_span() -> None:
     for before, after in itertools.pairwise(cues):
         assert before.end_s == after.start_s
         assert before.start_s < before.end_s
-    assert all(len(cue.text) <= MAX_CUE_CHARS for cue in cues)
+    for cue in cues:
+        lines = to_srt([cue]).split("\n")[2:-2]
+        assert len(lines) <= MAX_CUE_LINES and all(len(line) <= MAX_LINE_CHARS for line in lines)
     assert " ".join(cue.text for cue in cues) == text
+
+
+def test_vtt_cue_text_is_escaped_and_srt_is_not() -> None:
+    text = "Use <b> & x > y --> done."
+    vtt = to_vtt([Cue(0.0, 2.0, text)])
+    assert vtt.endswith("\nUse &lt;b&gt; &amp; x &gt; y --&gt; done.\n\n")
+    assert vtt.count("-->") == 1  # only the timing line's arrow
+    assert to_srt([Cue(0.0, 2.0, text)]).endswith(f"\n{text}\n\n")
+
+
+def test_vtt_lines_are_wrapped_by_what_a_viewer_sees() -> None:
+    text = " & ".join("abcdefghij")  # 37 characters shown, 73 once escaped: still one line
+    (line,) = to_vtt([Cue(0.0, 2.0, text)]).split("\n")[3:-2]
+    assert html.unescape(line) == text
 
 
 def test_srt_lines_are_wrapped() -> None:

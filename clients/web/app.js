@@ -2,6 +2,8 @@
 // (/v1/listen, PROTOCOL.md) -> captions. All URLs are relative to the page, so it works
 // behind TLS and path-prefix proxies.
 
+import { finalOf, toSrt, toVtt } from "./formats.js";
+
 const TARGET_RATE_HZ = 16000;
 const FRAME_MS = 100;
 const MAX_PENDING_S = 30; // audio kept while reconnecting
@@ -47,7 +49,7 @@ const session = {
   onFlushed: null, // called when the worklet has posted its partial last frame
 };
 
-const finals = []; // {startS, endS, text} in session time
+const finals = []; // {startS, endS, text, words: [{text, startS}]} in session time
 
 // ---------- small helpers ----------
 
@@ -59,16 +61,6 @@ function setStatus(state, text) {
 function showMessage(text) {
   ui.message.textContent = text;
   ui.message.hidden = !text;
-}
-
-function clock(seconds, separator) {
-  const totalMs = Math.max(0, Math.round(seconds * 1000));
-  const h = Math.floor(totalMs / 3600000);
-  const m = Math.floor((totalMs % 3600000) / 60000);
-  const s = Math.floor((totalMs % 60000) / 1000);
-  const ms = totalMs % 1000;
-  const pad = (n, w = 2) => String(n).padStart(w, "0");
-  return `${pad(h)}:${pad(m)}:${pad(s)}${separator}${pad(ms, 3)}`;
 }
 
 function shortClock(seconds) {
@@ -264,9 +256,8 @@ function onResults(message) {
   showLatency(endS);
   if (message.is_final) {
     ui.captionInterim.textContent = "";
-    if (!text) return;
-    const offset = session.connectionOffsetS;
-    addFinal({ startS: offset + (message.start || 0), endS: offset + endS, text });
+    const final = finalOf(message, session.connectionOffsetS);
+    if (final) addFinal(final);
   } else {
     ui.captionInterim.textContent = text;
   }
@@ -429,16 +420,6 @@ function transcriptText() {
   return finals.map((f) => f.text).join("\n") + (finals.length ? "\n" : "");
 }
 
-function transcriptSrt() {
-  return finals
-    .map((f, i) => `${i + 1}\n${clock(f.startS, ",")} --> ${clock(f.endS, ",")}\n${f.text}\n`)
-    .join("\n");
-}
-
-function transcriptVtt() {
-  return "WEBVTT\n\n" + finals.map((f) => `${clock(f.startS, ".")} --> ${clock(f.endS, ".")}\n${f.text}\n`).join("\n");
-}
-
 function download(name, type, text) {
   const url = URL.createObjectURL(new Blob([text], { type }));
   const link = document.createElement("a");
@@ -478,8 +459,8 @@ ui.form.addEventListener("submit", (event) => {
 ui.stop.addEventListener("click", stop);
 $("copy").addEventListener("click", copyTranscript);
 $("download-txt").addEventListener("click", () => download(`transcript-${stamp()}.txt`, "text/plain", transcriptText()));
-$("download-srt").addEventListener("click", () => download(`transcript-${stamp()}.srt`, "application/x-subrip", transcriptSrt()));
-$("download-vtt").addEventListener("click", () => download(`transcript-${stamp()}.vtt`, "text/vtt", transcriptVtt()));
+$("download-srt").addEventListener("click", () => download(`transcript-${stamp()}.srt`, "application/x-subrip", toSrt(finals)));
+$("download-vtt").addEventListener("click", () => download(`transcript-${stamp()}.vtt`, "text/vtt", toVtt(finals)));
 $("clear").addEventListener("click", () => {
   finals.length = 0;
   ui.transcript.replaceChildren();

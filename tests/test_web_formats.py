@@ -1,0 +1,127 @@
+"""The web page's SRT/WebVTT export (clients/web/formats.js, run in Node) against
+clients/formats.py: the same final messages must give the same documents, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clients.events import Results, parse_message
+from clients.formats import cues_from_final, to_srt, to_vtt
+from tests.conftest import REPO_ROOT
+
+NODE = shutil.which("node")
+FORMATS_JS = REPO_ROOT / "clients" / "web" / "formats.js"
+# Reads final messages (JSON) on stdin, prints {"srt", "vtt"} as the page would export them.
+EXPORT_JS = f"""
+import {{ finalOf, toSrt, toVtt }} from {json.dumps(FORMATS_JS.as_uri())};
+let input = "";
+for await (const chunk of process.stdin) input += chunk;
+const finals = JSON.parse(input).map((message) => finalOf(message)).filter(Boolean);
+process.stdout.write(JSON.stringify({{ srt: toSrt(finals), vtt: toVtt(finals) }}));
+"""
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="needs Node.js to run the page's module")
+
+
+def page_exports(messages: list[dict[str, Any]]) -> dict[str, str]:
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "--input-type=module", "-e", EXPORT_JS],
+        input=json.dumps(messages),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    exports: dict[str, str] = json.loads(done.stdout)
+    return exports
+
+
+def python_exports(messages: list[dict[str, Any]]) -> dict[str, str]:
+    finals = [parse_message(json.dumps(m)) for m in messages]
+    cues = [cue for f in finals if isinstance(f, Results) for cue in cues_from_final(f)]
+    return {"srt": to_srt(cues), "vtt": to_vtt(cues)}
+
+
+def message(start_s: float, words: list[tuple[str, float]], end_s: float) -> dict[str, Any]:
+    """A final Results message as the server sends it; words are (punctuated, start_s)."""
+    return {
+        "type": "Results",
+        "start": start_s,
+        "duration": round(end_s - start_s, 2),
+        "is_final": True,
+        "speech_final": True,
+        "channel": {
+            "alternatives": [
+                {
+                    "transcript": " ".join(text for text, _ in words),
+                    "confidence": 0.9,
+                    "words": [
+                        {"word": text.lower(), "punctuated_word": text, "start": at_s}
+                        for text, at_s in words
+                    ],
+                }
+            ]
+        },
+    }
+
+
+def spoken(text: str, start_s: float, step_s: float = 0.3) -> dict[str, Any]:
+    timed = [(word, round(start_s + i * step_s, 2)) for i, word in enumerate(text.split())]
+    return message(start_s, timed, round(start_s + len(timed) * step_s, 2))
+
+
+LONG = (
+    "And so, my fellow Americans: ask not what your country can do for you, "
+    "ask what you can do for your country. My fellow citizens of the world: ask not what "
+    "America will do for you, but what together we can do for the freedom of man."
+)
+
+
+def test_long_finals_are_split_into_cues_by_word_timings() -> None:
+    messages = [spoken("Hello there.", 0.5), spoken(LONG, 2.0)]
+    exports = page_exports(messages)
+    assert exports == python_exports(messages)
+    srt_blocks = exports["srt"].strip().split("\n\n")
+    assert len(srt_blocks) >= 4  # the long final became several cues
+    for block in srt_blocks:
+        lines = block.split("\n")[2:]
+        assert 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines), block
+
+
+def test_vtt_export_escapes_cue_text() -> None:
+    messages = [spoken("if a < b && c > d --> stop", 1.0)]
+    exports = page_exports(messages)
+    assert exports == python_exports(messages)
+    assert "a &lt; b &amp;&amp; c &gt; d --&gt; stop" in exports["vtt"]
+    assert exports["vtt"].count("-->") == 1
+
+
+_WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz<>&-',.", min_size=1, max_size=14)
+
+
+@st.composite
+def finals(draw: st.DrawFn) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    start_s = 0.0
+    for _ in range(draw(st.integers(1, 4))):
+        words = draw(st.lists(_WORD, min_size=1, max_size=40))
+        steps = draw(st.lists(st.integers(0, 90), min_size=len(words), max_size=len(words)))
+        times = [round(start_s + sum(steps[: i + 1]) / 100, 2) for i in range(len(words))]
+        end_s = round(times[-1] + 0.3, 2)
+        out.append(message(start_s, list(zip(words, times, strict=True)), end_s))
+        start_s = end_s
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(finals())
+def test_page_and_python_export_the_same_documents(messages: list[dict[str, Any]]) -> None:
+    assert page_exports(messages) == python_exports(messages)
