@@ -11,26 +11,54 @@ from collections.abc import Sequence
 
 from server.config import ConfigError, LogSettings, load
 
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SESSION_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: [%(request_id)s] %(message)s"
+
+
+def record_extras(record: logging.LogRecord) -> dict[str, object]:
+    """The fields a caller passed with `extra=` (e.g. request_id), in the order given."""
+    return {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
+    }
+
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line; `extra=` fields (request_id...) become top-level keys."""
+
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        data: dict[str, object] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in record_extras(record).items():
+            data.setdefault(key, value)  # never let an extra hide a standard key
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT; records that carry a request_id get it in brackets before the message."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._session_style = logging.PercentStyle(SESSION_TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if getattr(record, "request_id", None):
+            return self._session_style.format(record)
+        return super().formatMessage(record)
 
 
 def configure_logging(settings: LogSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if settings.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

@@ -56,9 +56,14 @@ _CLOSE_WAIT_S = 5.0
 
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
+    """Adds the session's fields (request_id) to each record as `extra`, not to the message.
+
+    server.__main__'s formatters show them: a `[request_id]` prefix in text, keys in JSON.
+    """
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[{extra.get('request_id')}] {msg}", kwargs
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 @dataclass
