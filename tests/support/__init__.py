@@ -1,0 +1,1 @@
+"""Helpers for the tests and benchmarks that are not tests themselves (model builders)."""
