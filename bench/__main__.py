@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 KNOWN_MODES = {
     "capacity": "N concurrent real-time streams: ours, ours without batching, WhisperLive",
     "single": "one real-time stream: WER vs offline, final latency, caption delay",
+    "accuracy": "every evaluation set: offline vs streamed WER at 1 and 8 streams, S/D/I",
 }
 USAGE = "\n".join(
     [

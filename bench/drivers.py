@@ -21,7 +21,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from bench.metrics_calc import Caption, SendLog
+from bench.metrics_calc import Caption, SendLog, Span
 from bench.peer_segments import PeerTranscript, parse_segments
 from bench.workload import SAMPLE_RATE_HZ, ClientStream
 
@@ -33,12 +33,13 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 @dataclass(frozen=True)
 class PaceSettings:
-    """How a client sends: chunk size and when it starts."""
+    """How a client sends: chunk size, pace and when it starts."""
 
     chunk_ms: int = 100
     start_wall_s: float = 0.0  # time.monotonic() at which the client connects
     open_timeout_s: float = 60.0
     finish_timeout_s: float = 120.0  # after the last chunk, how long to wait for the flush
+    speed: float = 1.0  # stream seconds sent per wall second (1.0 = real time)
 
 
 @dataclass
@@ -75,10 +76,10 @@ async def _send_paced(
 ) -> None:
     """Send `pcm` (int16) in chunks on the wall clock; stop early when `stop` is set."""
     chunk_len = SAMPLE_RATE_HZ * pace.chunk_ms // 1000
-    chunk_s = pace.chunk_ms / 1000
+    chunk_wall_s = pace.chunk_ms / 1000 / pace.speed
     t0 = time.monotonic()
     for k, offset in enumerate(range(0, len(pcm), chunk_len)):
-        await _sleep_until(t0 + (k + 1) * chunk_s)  # a chunk is sent once it has "happened"
+        await _sleep_until(t0 + (k + 1) * chunk_wall_s)  # a chunk is sent once it has "happened"
         if stop.is_set():
             return
         chunk = pcm[offset : offset + chunk_len]
@@ -110,12 +111,18 @@ def _ours_caption(message: dict[str, object], arrival_wall_s: float) -> Caption 
     text = str(first.get("transcript", "")) if isinstance(first, dict) else ""
     start_s = float(str(message.get("start", 0.0)))
     duration_s = float(str(message.get("duration", 0.0)))
+    words = first.get("words") if isinstance(first, dict) else None
     return Caption(
         arrival_wall_s=arrival_wall_s,
         start_stream_s=start_s,
         end_stream_s=start_s + duration_s,
         text=text,
         is_final=bool(message.get("is_final", False)),
+        words=tuple(
+            Span(float(w["start"]), float(w["end"]))
+            for w in (words if isinstance(words, list) else [])
+            if isinstance(w, dict) and "start" in w and "end" in w
+        ),
     )
 
 

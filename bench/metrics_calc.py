@@ -27,6 +27,7 @@ class Caption:
     is_final: bool
     # When the text of this final stopped changing (peer: its in-progress text); None = arrival.
     settled_wall_s: float | None = None
+    words: tuple[Span, ...] = ()  # each word's stream-time span, where the server sent them
 
 
 @dataclass(frozen=True)
