@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.asr import AsrRequest, DecodeOptions, WhisperEngine
+from server.asr import DecodeOptions, WhisperEngine
+from server.transcription import AsrRequest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))

@@ -26,13 +26,16 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
 from server import packing
+from server.transcription import SAMPLE_RATE_HZ, AsrRequest, AsrResult, AsrWord
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE_HZ = 16_000
 WINDOW_FRAMES = 3000  # Whisper always sees 30 s of 10 ms mel frames
 MAX_AUDIO_SAMPLES = 30 * SAMPLE_RATE_HZ
 MAX_DECODER_POSITIONS = 448
+MAX_PREFIX_TOKENS = 160
+"""Forced prefix tokens a request may carry: with hot words and the output budget of a
+25 s utterance the decoder's 448 positions are full."""
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -87,43 +90,6 @@ class DecodeOptions:
     """Output bound of a packed window (Whisper's decoder holds 448 positions)."""
 
 
-@dataclass(frozen=True)
-class AsrRequest:
-    """One utterance (16 kHz float32 mono, at most 30 s) to transcribe."""
-
-    audio: npt.NDArray[np.float32]
-    language: str | None = None
-    hotwords: str | None = None
-    final: bool = True
-    """Finals use beam search and word alignment; interims are greedy and skip alignment."""
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / SAMPLE_RATE_HZ
-
-
-@dataclass(frozen=True)
-class AsrWord:
-    text: str
-    """As in the transcript, with its leading space and attached punctuation."""
-    start_s: float
-    end_s: float
-    probability: float
-
-
-@dataclass(frozen=True)
-class AsrResult:
-    text: str
-    words: tuple[AsrWord, ...] = ()
-    avg_logprob: float = 0.0
-    no_speech_prob: float = 0.0
-    compression_ratio: float = 0.0
-    temperature: float = 0.0
-    language: str = "en"
-    rejected: str | None = None
-    """Why the text was judged invented (and blanked), or None."""
-
-
 @dataclass
 class _Item:
     index: int
@@ -132,6 +98,8 @@ class _Item:
     features: npt.NDArray[np.float32]
     num_frames: int
     token_budget: int
+    prefix: tuple[int, ...] = ()
+    """Forced start of the output (the tokens of the request's context audio)."""
     members: tuple[int, ...] = ()
     spans: tuple[packing.Span, ...] = ()
     tokens: list[int] = field(default_factory=list)
@@ -337,23 +305,23 @@ class WhisperEngine:
         """One item per request, or packed windows of several when packing is on. Packing
         needs a known language: a window holds one language token."""
         opts = self.decode
+        packable = [i for i in indices if not requests[i].prefix_tokens]
         windows = (
             packing.plan_windows(
-                [requests[i].duration_s for i in indices],
+                [requests[i].duration_s for i in packable],
                 window_s=opts.pack_window_s,
                 gap_s=opts.pack_gap_s,
             )
             if pack and opts.pack_window_s > 0
-            else [[k] for k in range(len(indices))]
+            else [[k] for k in range(len(packable))]
         )
-        items: list[_Item] = []
+        items: list[_Item] = [
+            self._single(i, requests[i]) for i in indices if requests[i].prefix_tokens
+        ]
         for window in windows:
-            members = [indices[k] for k in window]
+            members = [packable[k] for k in window]
             if len(members) == 1:
-                request = requests[members[0]]
-                feats, frames = self._features(request.audio)
-                budget = self._token_budget(request.duration_s, opts.max_new_tokens)
-                items.append(_Item(members[0], request, feats, frames, budget))
+                items.append(self._single(members[0], requests[members[0]]))
                 continue
             first = requests[members[0]]
             audio, spans = packing.lay_out([requests[i].audio for i in members], opts.pack_gap_s)
@@ -361,8 +329,25 @@ class WhisperEngine:
             feats, frames = self._features(audio)
             speech_s = sum(requests[i].duration_s for i in members)
             budget = self._token_budget(speech_s, opts.max_packed_tokens)
-            items.append(_Item(-1, packed, feats, frames, budget, tuple(members), tuple(spans)))
+            items.append(
+                _Item(-1, packed, feats, frames, budget, members=tuple(members), spans=tuple(spans))
+            )
         return items
+
+    def _single(self, index: int, request: AsrRequest) -> _Item:
+        """The item of one request; a context too long for the decoder is dropped (the
+        utterance is then decoded on its own)."""
+        budget = self._token_budget(request.utterance_s, self.decode.max_new_tokens)
+        prefix = request.prefix_tokens
+        if prefix and len(prefix) > MAX_PREFIX_TOKENS:
+            log.warning(
+                "a context of %d tokens was dropped (limit %d)", len(prefix), MAX_PREFIX_TOKENS
+            )
+            cut = round(request.context_s * SAMPLE_RATE_HZ)
+            request = replace(request, audio=request.audio[cut:], context_s=0.0, prefix_tokens=())
+            prefix = ()
+        feats, frames = self._features(request.audio)
+        return _Item(index, request, feats, frames, budget, prefix)
 
     def _split(
         self, item: _Item, result: AsrResult, requests: Sequence[AsrRequest]
@@ -501,9 +486,10 @@ class WhisperEngine:
         tok = self._tokenizer(language)
         beam = opts.beam_size if final else 1
         sampling = temperature > 0
+        prompts = [prompt + list(it.prefix) for it in items]
         outputs = self._ct2.generate(
             encoded,
-            [prompt] * len(items),
+            prompts,
             beam_size=1 if sampling else beam,
             num_hypotheses=opts.best_of if sampling else 1,
             sampling_topk=0 if sampling else 1,
@@ -511,7 +497,8 @@ class WhisperEngine:
             patience=1.0,
             length_penalty=1.0,
             max_length=min(
-                MAX_DECODER_POSITIONS, len(prompt) + max(it.token_budget for it in items)
+                MAX_DECODER_POSITIONS,
+                max(len(p) + it.token_budget for p, it in zip(prompts, items, strict=True)),
             ),
             return_scores=True,
             return_no_speech_prob=True,
@@ -521,9 +508,11 @@ class WhisperEngine:
         )
         for item, output in zip(items, outputs, strict=True):
             best = int(np.argmax(output.scores)) if len(output.scores) > 1 else 0
-            tokens = [t for t in output.sequences_ids[best] if t < tok.eot]
-            seq_len = len(tokens)
-            avg_logprob = output.scores[best] * seq_len / (seq_len + 1)
+            sequence = list(output.sequences_ids[best])
+            # The output repeats the forced prefix, whose tokens are not scored; the score
+            # is the new tokens' log probability over the whole output length.
+            tokens = [t for t in sequence[len(item.prefix) :] if t < tok.eot]
+            avg_logprob = output.scores[best] * len(sequence) / (len(tokens) + 1)
             text = tok.decode(tokens)
             ratio = compression_ratio(text)
             no_speech = float(output.no_speech_prob)
@@ -544,23 +533,38 @@ class WhisperEngine:
         if len(which) != len(items):
             # align() takes the whole encoder batch; re-encode just the kept items.
             encoded = self._encode([items[i] for i in which])
-        token_lists = [items[i].tokens for i in which]
+        # Words are aligned over the whole audio, the prefix's words included, so that
+        # the new ones keep their place after the context.
+        token_lists = [[*items[i].prefix, *items[i].tokens] for i in which]
         frames = [items[i].num_frames for i in which]
         alignments = self._model.find_alignment(tok, token_lists, encoded, frames)
         out: dict[int, tuple[AsrWord, ...]] = {}
         for i, alignment in zip(which, alignments, strict=True):
             merge_punctuations(alignment, PREPEND_PUNCTUATION, APPEND_PUNCTUATION)
-            out[i] = tuple(
-                AsrWord(
-                    text=str(w["word"]),
-                    start_s=float(w["start"]),
-                    end_s=float(w["end"]),
-                    probability=float(w["probability"]),
-                )
-                for w in alignment
-                if w["word"]
-            )
+            out[i] = tuple(_new_words(alignment, len(items[i].prefix)))
         return out
+
+
+def _new_words(alignment: Sequence[dict[str, Any]], prefix_len: int) -> list[AsrWord]:
+    """The aligned words after the first `prefix_len` tokens (a word that straddles the
+    boundary counts as new). Punctuation merged into a neighbour leaves an empty entry
+    whose tokens moved: token positions are counted over every entry."""
+    words: list[AsrWord] = []
+    seen = 0
+    for entry in alignment:
+        tokens = tuple(int(t) for t in entry["tokens"])
+        seen += len(tokens)
+        if entry["word"] and seen > prefix_len:
+            words.append(
+                AsrWord(
+                    text=str(entry["word"]),
+                    start_s=float(entry["start"]),
+                    end_s=float(entry["end"]),
+                    probability=float(entry["probability"]),
+                    tokens=tokens,
+                )
+            )
+    return words
 
 
 def resolve_device(device: str) -> str:

@@ -8,17 +8,17 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
-from server.asr import AsrRequest, AsrResult
+from server.audio import AudioDecodeError, StreamDecoder, decoder_for
 from server.protocol import (
+    CloseStream,
     Error,
     ErrorCode,
     InvalidParameter,
@@ -29,15 +29,12 @@ from server.protocol import (
     StreamOptions,
     parse_control,
     parse_options,
+    query_of,
     to_json,
 )
 from server.runtime import Phase, Runtime, model_info
 from server.scheduler import Job
 from server.session import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TRY_AGAIN,
     Action,
     Cancel,
     Close,
@@ -45,9 +42,9 @@ from server.session import (
     Send,
     Session,
     SessionConfig,
-    State,
     Transcribe,
 )
+from server.transcription import AsrRequest, AsrResult
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +68,6 @@ class _Outgoing:
     text: str | None
     final: bool
     close: Close | None = None
-
-
-def query_of(path: str) -> Mapping[str, Sequence[str]]:
-    return parse_qs(urlsplit(path).query, keep_blank_values=True)
 
 
 def options_for(runtime: Runtime, path: str) -> StreamOptions:
@@ -107,6 +100,7 @@ class Connection:
         self._control_tokens = runtime.settings.limits.max_control_per_s
         self._control_stamp = time.monotonic()
         self.session: Session | None = None
+        self.decoder: StreamDecoder | None = None
 
     # ------------------------------------------------------------------ entry
 
@@ -123,9 +117,12 @@ class Connection:
             options = options_for(rt, request.path)
         except InvalidParameter as exc:
             # Only when the handshake began while the model was loading (not validated then).
-            await self._refuse_unready(f"{exc.name}: {exc.message}", "INVALID_MESSAGE", 1008)
+            await self._refuse_unready(
+                f"{exc.name}: {exc.message}", "INVALID_MESSAGE", CloseCode.POLICY_VIOLATION
+            )
             return
         stream = rt.settings.stream
+        self.decoder = decoder_for(options)
         self.session = Session(
             request_id=self.request_id,
             options=options,
@@ -166,13 +163,15 @@ class Connection:
             self.log.exception("session failed")
             self._apply(
                 self.session.fail(
-                    "INTERNAL", "internal error in this session; reconnect", CLOSE_INTERNAL
+                    "INTERNAL",
+                    "internal error in this session; reconnect",
+                    CloseCode.INTERNAL_ERROR,
                 )
             )
         finally:
             if client_gone and self._close_code is None:
                 # The client went away: nobody is waiting for its results.
-                self.session.state = State.CLOSED
+                self.session.client_gone()
                 self._closed.set()
                 self._out_ready.set()
             with contextlib.suppress(Exception):
@@ -181,7 +180,7 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self._closer
             watcher.cancel()
-            self.session.release()
+            self.decoder.close()
             if rt.scheduler is not None:
                 rt.scheduler.cancel_session(self.request_id)
             rt.connections.discard(self)
@@ -208,7 +207,7 @@ class Connection:
         self,
         message: str = "the model is still loading; retry in a few seconds",
         code: ErrorCode = "OVERLOADED",
-        close_code: int = CLOSE_TRY_AGAIN,
+        close_code: CloseCode = CloseCode.TRY_AGAIN_LATER,
     ) -> None:
         """Refuse a session that has no Session yet (model loading, or a bad query then)."""
         self.runtime.metrics.refused_total.labels(code.lower()).inc()
@@ -224,16 +223,20 @@ class Connection:
             await self.ws.send(to_json(metadata))
         await self._close(close_code, code)
 
-    def _admission(self) -> tuple[ErrorCode, str, int] | None:
+    def _admission(self) -> tuple[ErrorCode, str, CloseCode] | None:
         rt = self.runtime
         if rt.phase is Phase.DRAINING:
-            return ("SHUTTING_DOWN", "the server is shutting down; reconnect", CLOSE_GOING_AWAY)
+            return (
+                "SHUTTING_DOWN",
+                "the server is shutting down; reconnect",
+                CloseCode.GOING_AWAY,
+            )
         if len(rt.connections) >= rt.settings.limits.max_sessions:
             return (
                 "SESSION_LIMIT",
                 f"the server is at its limit of {rt.settings.limits.max_sessions} sessions; "
                 "retry later or on another server",
-                CLOSE_TRY_AGAIN,
+                CloseCode.TRY_AGAIN_LATER,
             )
         assert rt.scheduler is not None
         wait_s = rt.scheduler.estimated_final_wait_s()
@@ -241,7 +244,7 @@ class Connection:
             return (
                 "OVERLOADED",
                 f"the server is overloaded (estimated wait {wait_s:.1f} s); retry later",
-                CLOSE_TRY_AGAIN,
+                CloseCode.TRY_AGAIN_LATER,
             )
         return None
 
@@ -252,7 +255,7 @@ class Connection:
         assert self.session is not None
         limits = self.runtime.settings.limits
         session_deadline = started + limits.max_session_s
-        while self.session.state is State.OPEN and not self._closed.is_set():
+        while self.session.open and not self._closed.is_set():
             if self.session.backlog_full:
                 self._backlog_ok.clear()
                 await self._backlog_ok.wait()
@@ -270,7 +273,7 @@ class Connection:
                 async with asyncio.timeout(min(idle_s, session_deadline - now)):
                     frame = await self.ws.recv()
             except TimeoutError:
-                if self.session.state is not State.OPEN:
+                if not self.session.open:
                     return False
                 if time.monotonic() >= session_deadline:
                     continue  # reported at the top of the loop
@@ -282,9 +285,9 @@ class Connection:
             except ConnectionClosed:
                 return self._close_code is None
             if isinstance(frame, bytes):
-                self._apply(self.session.feed_audio(frame))
+                await self._on_audio(frame)
             else:
-                self._on_text(frame)
+                await self._on_text(frame)
             # recv() returns without yielding while frames are buffered: yield once per
             # frame so that this session's sender and the other sessions get their turn.
             await asyncio.sleep(0)
@@ -314,7 +317,30 @@ class Connection:
             except ConnectionClosed:
                 return self._close_code is None
 
-    def _on_text(self, text: str) -> None:
+    async def _on_audio(self, data: bytes) -> None:
+        assert self.session is not None and self.decoder is not None
+        try:
+            samples = await self.decoder.feed(data)
+        except AudioDecodeError as exc:
+            self._apply(self.session.feed_samples(exc.samples))
+            self._apply(self.session.fail("INVALID_AUDIO", str(exc), CloseCode.INVALID_DATA))
+            return
+        self._apply(self.session.feed_samples(samples))
+
+    async def _end_of_audio(self) -> None:
+        """CloseStream: the decoder's last samples (and any warning about them) first."""
+        assert self.session is not None and self.decoder is not None
+        try:
+            tail = await self.decoder.finish()
+        except AudioDecodeError as exc:
+            self._apply(self.session.feed_samples(exc.samples))
+            self._apply(self.session.fail("INVALID_AUDIO", str(exc), CloseCode.INVALID_DATA))
+            return
+        if tail.warning is not None:
+            self._enqueue(Error("INVALID_AUDIO", tail.warning))
+        self._apply(self.session.feed_samples(tail.samples))
+
+    async def _on_text(self, text: str) -> None:
         assert self.session is not None
         limits = self.runtime.settings.limits
         now = time.monotonic()
@@ -335,11 +361,15 @@ class Connection:
         except ProtocolError as exc:
             self._enqueue(Error(exc.code, exc.message))
             return
+        if isinstance(message, CloseStream) and self.session.open:
+            await self._end_of_audio()
+            if not self.session.open:
+                return
         self._apply(self.session.control(message))
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         assert self.session is not None
-        self._apply(self.session.fail(code, message, CLOSE_POLICY))
+        self._apply(self.session.fail(code, message, CloseCode.POLICY_VIOLATION))
 
     # ------------------------------------------------------------------ actions
 
@@ -406,7 +436,9 @@ class Connection:
         except Exception:
             self.log.exception("result handling failed")
             self._apply(
-                self.session.fail("INTERNAL", "internal error in this session", CLOSE_INTERNAL)
+                self.session.fail(
+                    "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
+                )
             )
 
     def _enqueue(self, message: ServerMessage) -> None:
@@ -426,10 +458,12 @@ class Connection:
                 self._out.clear()
                 self._finals_queued = 0
                 assert self.session is not None
-                self.session.state = State.CLOSED
+                self.session.client_gone()
                 # The sender may be stuck in send() on a full socket: close from here, so
                 # that _close's timeout aborts the transport and so unblocks the sender.
-                self._closer = self._loop.create_task(self._close(CLOSE_POLICY, "SLOW_CLIENT"))
+                self._closer = self._loop.create_task(
+                    self._close(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT")
+                )
                 return
             self._finals_queued += 1
         self._out.append(_Outgoing(to_json(message), not interim))

@@ -27,10 +27,12 @@ Exceptions (the whole tree):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -279,6 +281,17 @@ class _Pipe:
         self.unproductive = False
         self.samples: list[Samples] = []
         self.error: ContainerDecodeError | None = None
+        self.idle_waiters: list[Callable[[], None]] = []
+
+    def _idle(self) -> bool:
+        return self.worker_done or (
+            self.worker_waiting and not self.chunks and not self.end_of_input
+        )
+
+    def _wake_waiters(self) -> None:
+        waiters, self.idle_waiters = self.idle_waiters, []
+        for wake in waiters:
+            wake()
 
     # ----- worker side (called by FFmpeg through PyAV, in the worker thread)
 
@@ -288,6 +301,7 @@ class _Pipe:
             while not self.chunks and not self.end_of_input and not self.aborted:
                 self.worker_waiting = True
                 self.cond.notify_all()
+                self._wake_waiters()
                 self.cond.wait()
             self.worker_waiting = False
             if self.aborted or not self.chunks:
@@ -318,6 +332,7 @@ class _Pipe:
             self.worker_done = True
             self.error = error
             self.cond.notify_all()
+            self._wake_waiters()
 
     # ----- caller side
 
@@ -345,13 +360,7 @@ class _Pipe:
         After ``close_input()`` the worker never waits again, so this waits for it to stop.
         """
         with self.cond:
-            idle = self.cond.wait_for(
-                lambda: (
-                    self.worker_done
-                    or (self.worker_waiting and not self.chunks and not self.end_of_input)
-                ),
-                timeout=timeout_s,
-            )
+            idle = self.cond.wait_for(self._idle, timeout=timeout_s)
             samples = _concat(self.samples)
             self.samples = []
             if not idle:
@@ -361,6 +370,32 @@ class _Pipe:
                     f"decoding the audio stalled for {timeout_s:g} s; the stream was closed"
                 )
             return samples, self.error
+
+    async def wait_idle_async(
+        self, timeout_s: float
+    ) -> tuple[Samples, ContainerDecodeError | None]:
+        """`wait_idle` for an event loop: the loop is never blocked while the worker runs."""
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def resolve() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(resolve)
+
+        with self.cond:
+            ready = self._idle()
+            if not ready:
+                self.idle_waiters.append(wake)
+        if not ready:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await woken
+            except TimeoutError:
+                pass  # reported by wait_idle below
+        return self.wait_idle(0.0)
 
 
 def _concat(parts: list[Samples]) -> Samples:
@@ -573,40 +608,30 @@ class ContainerDecoder:
 
     def feed(self, data: bytes) -> Samples:
         """Add bytes of the stream; return the samples they made decodable (maybe none)."""
-        self._raise_if_failed()
-        if self._finished:
-            raise RuntimeError("feed() called after finish() or close()")
-        if not data:
+        if not self._give(data):
             return _EMPTY
-        if self._pipe is None:
-            self._head += data
-            if len(self._head) < self._sniff_at or not self._start(final=False):
-                if len(self._head) > self._max_buffered_bytes:
-                    self._fail(
-                        ContainerDecodeError(
-                            f"{len(self._head)} bytes arrived without a recognisable "
-                            f"container header; {SUPPORTED_HELP}"
-                        )
-                    )
-                return _EMPTY
-        else:
-            self._put(bytes(data))
         return self._collect()
+
+    async def feed_async(self, data: bytes) -> Samples:
+        """`feed` for an event loop: waits for the worker without blocking the loop."""
+        if not self._give(data):
+            return _EMPTY
+        return await self._collect_async()
 
     def finish(self) -> Samples:
         """End of stream: return every sample not returned yet, and stop the worker."""
-        self._raise_if_failed()
-        if self._finished:
-            raise RuntimeError("finish() called twice or after close()")
-        if self._pipe is None and not self._start(final=True):
-            self._finished = True
-            return _EMPTY  # nothing was ever sent
-        self._finished = True
-        assert self._pipe is not None and self._thread is not None
-        self._pipe.close_input()
+        if not self._end():
+            return _EMPTY
         samples = self._collect()
+        assert self._thread is not None
         self._thread.join(timeout=self._stall_timeout_s)
         return samples
+
+    async def finish_async(self) -> Samples:
+        """`finish` for an event loop."""
+        if not self._end():
+            return _EMPTY
+        return await self._collect_async()  # the worker has stopped: nothing left to join
 
     def close(self) -> None:
         """Abandon the stream (no more output); safe to call at any time, more than once."""
@@ -621,6 +646,41 @@ class ContainerDecoder:
         self.close()
 
     # ----- internals
+
+    def _give(self, data: bytes) -> bool:
+        """Pass bytes on to the worker; False when there is nothing to wait for."""
+        self._raise_if_failed()
+        if self._finished:
+            raise RuntimeError("feed() called after finish() or close()")
+        if not data:
+            return False
+        if self._pipe is None:
+            self._head += data
+            if len(self._head) < self._sniff_at or not self._start(final=False):
+                if len(self._head) > self._max_buffered_bytes:
+                    self._fail(
+                        ContainerDecodeError(
+                            f"{len(self._head)} bytes arrived without a recognisable "
+                            f"container header; {SUPPORTED_HELP}"
+                        )
+                    )
+                return False
+        else:
+            self._put(bytes(data))
+        return True
+
+    def _end(self) -> bool:
+        """Close the input; False when no stream was ever started (nothing to collect)."""
+        self._raise_if_failed()
+        if self._finished:
+            raise RuntimeError("finish() called twice or after close()")
+        if self._pipe is None and not self._start(final=True):
+            self._finished = True
+            return False  # nothing was ever sent
+        self._finished = True
+        assert self._pipe is not None
+        self._pipe.close_input()
+        return True
 
     def _start(self, *, final: bool) -> bool:
         """Recognise the container and start the worker; False if more bytes are needed."""
@@ -662,7 +722,13 @@ class ContainerDecoder:
 
     def _collect(self) -> Samples:
         assert self._pipe is not None
-        samples, error = self._pipe.wait_idle(self._stall_timeout_s)
+        return self._check(*self._pipe.wait_idle(self._stall_timeout_s))
+
+    async def _collect_async(self) -> Samples:
+        assert self._pipe is not None
+        return self._check(*await self._pipe.wait_idle_async(self._stall_timeout_s))
+
+    def _check(self, samples: Samples, error: ContainerDecodeError | None) -> Samples:
         if error is not None:
             error.samples = samples
             self._fail(error)

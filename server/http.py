@@ -15,9 +15,9 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from server.connection import options_for, query_of
+from server.connection import options_for
 from server.metrics import CONTENT_TYPE_LATEST
-from server.protocol import InvalidParameter
+from server.protocol import InvalidParameter, query_of
 from server.runtime import Runtime
 
 LISTEN_PATH = "/v1/listen"

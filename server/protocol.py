@@ -12,11 +12,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 SAMPLE_RATE_HZ = 16_000
 MIN_INPUT_RATE_HZ = 8_000
 MAX_INPUT_RATE_HZ = 48_000
 MIN_UTTERANCE_END_MS = 1_000
+G711_RATE_HZ = 8_000
+
+Encoding = Literal["linear16", "mulaw", "alaw"]
+_ENCODINGS: dict[str, Encoding] = {
+    "linear16": "linear16",
+    "pcm_s16le": "linear16",
+    "mulaw": "mulaw",
+    "ulaw": "mulaw",
+    "alaw": "alaw",
+}
+# Parameters that promise to remove, alter or add to what is said, which this server does
+# not do: honouring them silently in the breach would leak what a client asked to hide.
+UNSUPPORTED_PROMISES: dict[str, str] = {
+    "redact": "redaction is not implemented; remove the parameter or redact client-side",
+    "replace": "find-and-replace is not implemented",
+    "profanity_filter": "the profanity filter is not implemented",
+    "search": "search is not implemented",
+    "multichannel": "channels are mixed to one transcript; send one stream per channel",
+    "callback": "callbacks are not implemented; read the results from the connection",
+    "detect_entities": "entity detection is not implemented",
+    "sentiment": "sentiment analysis is not implemented",
+    "summarize": "summaries are not implemented",
+    "topics": "topic detection is not implemented",
+    "intents": "intent recognition is not implemented",
+}
+_FALSE_VALUES = frozenset({"", "false", "0", "no", "off"})
 
 ErrorCode = Literal[
     "INVALID_MESSAGE",
@@ -57,7 +84,7 @@ class InvalidParameter(ValueError):
 class StreamOptions:
     """What a client asked for in the `/v1/listen` query string."""
 
-    encoding: Literal["linear16"] | None = "linear16"
+    encoding: Encoding | None = "linear16"
     """None means containerized audio (WAV, Ogg, WebM, ...), decoded by the server."""
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
@@ -107,20 +134,23 @@ def parse_options(
     query: Mapping[str, Sequence[str]], *, languages: Sequence[str], multilingual: bool
 ) -> StreamOptions:
     """Validate the known parameters; unknown ones are ignored as Deepgram does."""
+    refuse_unsupported_promises(query)
     encoding_raw = _one(query, "encoding")
     rate_raw = _one(query, "sample_rate")
-    encoding: Literal["linear16"] | None
+    encoding: Encoding | None
     if encoding_raw is None:
         encoding = "linear16" if rate_raw is not None else None
-    elif encoding_raw.strip().lower() in {"linear16", "pcm_s16le"}:
-        encoding = "linear16"
+    elif encoding_raw.strip().lower() in _ENCODINGS:
+        encoding = _ENCODINGS[encoding_raw.strip().lower()]
     else:
         raise InvalidParameter(
             "encoding",
-            f"unsupported encoding {encoding_raw!r}: use linear16 (raw 16-bit PCM with "
-            "sample_rate), or omit encoding and send a container (WAV, Ogg/Opus, WebM/Opus)",
+            f"unsupported encoding {encoding_raw!r}: use linear16 (raw 16-bit PCM), mulaw or "
+            "alaw (G.711) with sample_rate, or omit encoding and send a container (WAV, "
+            "Ogg/Opus, WebM/Opus)",
         )
-    sample_rate = SAMPLE_RATE_HZ
+    # G.711 is 8 kHz by definition; telephony bridges say so, but not all of them.
+    sample_rate = G711_RATE_HZ if encoding in ("mulaw", "alaw") else SAMPLE_RATE_HZ
     if rate_raw is not None:
         sample_rate = _parse_int("sample_rate", rate_raw, MIN_INPUT_RATE_HZ, MAX_INPUT_RATE_HZ)
     channels = 1
@@ -186,6 +216,19 @@ def parse_options(
         keyterms=tuple(dict.fromkeys(terms)),
         model=model.strip() if model else None,
     )
+
+
+def refuse_unsupported_promises(query: Mapping[str, Sequence[str]]) -> None:
+    """Raise InvalidParameter for a parameter whose promise this server cannot keep."""
+    for name, why in UNSUPPORTED_PROMISES.items():
+        for value in query.get(name, ()):
+            if value.strip().lower() not in _FALSE_VALUES:
+                raise InvalidParameter(name, why)
+
+
+def query_of(target: str) -> Mapping[str, Sequence[str]]:
+    """The query parameters of a request target such as `/v1/listen?encoding=linear16`."""
+    return parse_qs(urlsplit(target).query, keep_blank_values=True)
 
 
 # ---------------------------------------------------------------- client control frames

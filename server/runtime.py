@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from server.asr import AsrRequest, AsrResult, WhisperEngine
+from server.asr import WhisperEngine
 from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import ModelInfo
 from server.scheduler import Scheduler
+from server.transcription import AsrRequest, AsrResult
 from vad.base import SpeechClassifier
 
 if TYPE_CHECKING:

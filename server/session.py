@@ -1,34 +1,45 @@
-"""Session: the pure state machine of one stream; audio, control and results in, actions out.
+"""Session: the pure state machine of one stream; samples, control and results in, actions out.
 
-States and transitions (the only ones there are):
+It does no I/O, starts no threads and loads no model: the connection decodes the client's
+bytes (off the event loop), runs the transcriptions it asks for and sends what it says.
 
-    OPEN     --CloseStream-->   CLOSING   (flush: open utterance -> final; then Metadata, 1000)
-    OPEN     --shutdown()--->   DRAINING  (flush as above; then Metadata, 1001)
-    OPEN     --bad container->  CLOSED    (Error INVALID_AUDIO, Metadata, 1007)
-    any      --fail()-------->  CLOSED    (Error, Metadata, the given close code)
-    CLOSING/DRAINING --last final released--> CLOSED
+States, and every transition there is (`_TRANSITIONS`):
 
-Audio becomes 16 kHz frames, each frame a speech decision, the segmenter cuts utterances.
+    OPEN     --close_stream-->  CLOSING   (flush: open utterance -> final; then Metadata, 1000)
+    OPEN     --shutdown------>  DRAINING  (flush as above; then Metadata, 1001)
+    OPEN/CLOSING/DRAINING --fail--> CLOSED (Error, Metadata, the given close code)
+    CLOSING/DRAINING --flushed--> CLOSED  (the last final was released)
+    OPEN/CLOSING/DRAINING --client_gone--> CLOSED (nothing more is sent)
+
+16 kHz samples become frames, each frame a speech decision, the segmenter cuts utterances.
 An utterance that ends asks for a final (`Transcribe`); while it grows, interims are asked
 for on a cadence measured in stream time (so results do not depend on wall-clock speed).
+
+Context: Whisper hears an utterance better with what came before it. A final (and an
+interim) is decoded over the stream's own preceding audio, up to `context_ms`, with the
+tokens already transcribed for that audio forced as the start of the output, so the engine
+only adds what follows. Context is carried only where it continues one talk: not across a
+silence longer than `context_gap_ms`, never further back than the earliest word still in
+the window, and only once every earlier final is in (a final waits for the one before it,
+so its context is complete and results do not depend on load).
+
 Speculative finals: when an open utterance has been silent for `speculate_ms`, its final
 is asked for at once (`Transcribe(speculative=True)`, scheduled after finals and before
 interims). If the silence becomes the endpoint, that request is promoted (`Promote`) and
 becomes the final, so the final's latency is counted from the pause rather than from the
-endpoint; if speech resumes first, it is withdrawn (`Cancel`). Only trailing silence
-separates the audio it transcribed from the utterance's full span. Adaptive endpointing
-builds on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to
-the server, the utterance may close after `sentence_end_ms` of silence instead.
+endpoint; if speech resumes first, it is withdrawn (`Cancel`). Adaptive endpointing builds
+on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to the
+server, the utterance may close after `sentence_end_ms` of silence instead.
 
 Finals are released strictly in utterance order; interims of an utterance are dropped once
-it is final. Interims of the open utterance may come before the final of an earlier one
-(the scheduler serves finals first, so that only happens when the final is still running).
+it is final.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+import math
 import string
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,10 +47,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
+from websockets.frames import CloseCode
 
-from server.asr import AsrRequest, AsrResult
-from server.audio import Linear16Decoder
-from server.container import ContainerDecodeError, ContainerDecoder
 from server.protocol import (
     SAMPLE_RATE_HZ,
     CloseStream,
@@ -57,25 +66,17 @@ from server.protocol import (
     UtteranceEnd,
     Word,
 )
+from server.transcription import AsrRequest, AsrResult
 from vad.base import SpeechClassifier
 from vad.framing import Framer, frame_dbfs
 from vad.segmenter import Segmenter, SegmenterConfig, SpeechEnded
 from vad.segmenter import SpeechStarted as VadSpeechStarted
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_INVALID_DATA = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
-
-# Decoded audio a container stream may yield: real codecs stay under about 1.3 s per KiB
-# (Opus at its lowest bitrate); beyond this the input is a decompression bomb.
-CONTAINER_FREE_S = 60.0
-CONTAINER_S_PER_KIB = 2.0
-
 _STRIP = string.punctuation + "“”‘’¿¡…"
+MAX_WINDOW_MS = 29_500
+"""Context and utterance together stay inside Whisper's 30 s window."""
+CONTEXT_LEAD_MS = 200
+"""Audio kept before the first context word, so that word is not clipped."""
 
 
 class State(enum.Enum):
@@ -83,6 +84,16 @@ class State(enum.Enum):
     CLOSING = "closing"
     DRAINING = "draining"
     CLOSED = "closed"
+
+
+_TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.OPEN, "close_stream"): State.CLOSING,
+    (State.OPEN, "shutdown"): State.DRAINING,
+    **{(s, "fail"): State.CLOSED for s in (State.OPEN, State.CLOSING, State.DRAINING)},
+    (State.CLOSING, "flushed"): State.CLOSED,
+    (State.DRAINING, "flushed"): State.CLOSED,
+    **{(s, "client_gone"): State.CLOSED for s in (State.OPEN, State.CLOSING, State.DRAINING)},
+}
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Close:
-    code: int
+    code: CloseCode
     reason: str
 
 
@@ -131,6 +142,12 @@ class SessionConfig:
     """Silence after which an open utterance's final is asked for early (None: never)."""
     sentence_end_ms: int | None = 300
     """Endpointing after a guess that ends a sentence (None: no adaptive endpointing)."""
+    context_ms: int | None = 20_000
+    """Preceding audio (with its transcript) a request may carry (None: no context)."""
+    context_gap_ms: int | None = None
+    """No context across a silence longer than this (None: any silence)."""
+    max_prefix_tokens: int = 128
+    """Tokens of transcript forced ahead of an utterance (the oldest context words go first)."""
 
 
 @dataclass
@@ -141,22 +158,41 @@ class _Open:
     last_interim_frame: int | None = None
 
 
+@dataclass(frozen=True)
+class _SpokenWord:
+    """A word of a released final, in stream seconds, with the engine's tokens for it."""
+
+    start_s: float
+    end_s: float
+    tokens: tuple[int, ...]
+
+
 @dataclass
 class _Speculation:
     utterance: int
     ticket: int
+    audio_start_frame: int
     result: AsrResult | None = None
 
 
 @dataclass
 class _PendingFinal:
     index: int
-    ticket: int
     start_frame: int
     end_frame: int
     speech_final: bool
     from_finalize: bool
+    ticket: int | None = None
+    """None until it is asked for (with context, once the final before it is in)."""
+    audio_start_frame: int = 0
+    """Where the request's audio (context included) begins."""
     result: AsrResult | None = None
+
+
+@dataclass(frozen=True)
+class _InterimTarget:
+    utterance: int
+    end_frame: int
 
 
 @dataclass
@@ -183,11 +219,6 @@ class Session:
         opts = self.options
         self.state = State.OPEN
         self.counters = SessionCounters()
-        self._decoder: Linear16Decoder | ContainerDecoder = (
-            Linear16Decoder(opts.sample_rate_hz, opts.channels)
-            if opts.encoding == "linear16"
-            else ContainerDecoder()
-        )
         frame_ms = self.classifier.frame_ms
         self._framer = Framer(frame_ms)
         endpointing: int | None
@@ -218,11 +249,10 @@ class Session:
         self._tickets = itertools.count(1)
         self._utterances = itertools.count()
         self._interim_ticket: int | None = None
+        self._interim_for: _InterimTarget | None = None
         self._spec: _Speculation | None = None
-        self._container_kib = 0.0
-        self._container_s = 0.0
         self._silent_frames = 0
-        self._interim_for: tuple[int, int] | None = None  # (utterance index, end frame)
+        self._spoken: deque[_SpokenWord] = deque()
         self._last_word_end_s: float | None = None
         self._utterance_end_sent = True
         self._hotwords = " ".join(opts.keyterms) or None
@@ -233,7 +263,7 @@ class Session:
             and self.config.sentence_end_ms < endpointing
         )
         self._endpointing_ms = endpointing
-        self._close_code = CLOSE_NORMAL
+        self._close_code = CloseCode.NORMAL_CLOSURE
 
     # ------------------------------------------------------------------ inputs
 
@@ -250,27 +280,32 @@ class Session:
     def backlog_full(self) -> bool:
         return self.backlog >= self.config.max_pending_finals
 
-    def feed_audio(self, data: bytes) -> list[Action]:
+    @property
+    def open(self) -> bool:
+        """Audio is still transcribed (no CloseStream, drain or failure yet)."""
+        return self.state is State.OPEN
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def feed_samples(self, samples: npt.NDArray[np.float32]) -> list[Action]:
+        """16 kHz mono float32 audio, as the connection decoded it."""
         if self.state is not State.OPEN:
             return []  # after CloseStream or during a drain audio is not transcribed
-        try:
-            samples = self._decoder.feed(data)
-        except ContainerDecodeError as exc:
-            return self.fail("INVALID_AUDIO", str(exc), CLOSE_INVALID_DATA)
-        if isinstance(self._decoder, ContainerDecoder):
-            self._container_kib += len(data) / 1024
-            self._container_s += len(samples) / SAMPLE_RATE_HZ
-            allowed_s = CONTAINER_FREE_S + CONTAINER_S_PER_KIB * self._container_kib
-            if self._container_s > allowed_s:
-                # Checked before the VAD sees it: 300 kB of FLAC silence is 30 minutes.
-                return self.fail(
-                    "INVALID_AUDIO",
-                    f"the stream decodes to {self._container_s:.0f} s of audio from "
-                    f"{self._container_kib:.0f} KiB, more than real recordings do; send "
-                    "linear16 or a normally encoded container",
-                    CLOSE_INVALID_DATA,
-                )
-        return self._push_samples(samples)
+        self.counters.audio_s += len(samples) / SAMPLE_RATE_HZ
+        actions: list[Action] = []
+        for frame in self._framer.push(samples):
+            self._frames.append(frame)
+            is_speech = self.classifier.is_speech(frame)
+            self._silent_frames = 0 if is_speech else self._silent_frames + 1
+            for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
+                actions += self._on_vad_event(event)
+            actions += self._maybe_speculate(is_speech)
+        actions += self._maybe_interim()
+        actions += self._maybe_utterance_end()
+        self._trim_frames()
+        return actions
 
     def control(self, message: ControlMessage) -> list[Action]:
         if isinstance(message, KeepAlive) or self.state is not State.OPEN:
@@ -278,33 +313,32 @@ class Session:
         if isinstance(message, Finalize):
             return self._flush(speech_final=False, from_finalize=True)
         assert isinstance(message, CloseStream)
-        actions = self._finish_decoder()
-        self.state = State.CLOSING
-        self._close_code = CLOSE_NORMAL
-        actions += self._flush(speech_final=True, from_finalize=False)
+        self._to("close_stream")
+        self._close_code = CloseCode.NORMAL_CLOSURE
+        actions = self._flush(speech_final=True, from_finalize=False)
         return actions + self._maybe_close()
 
     def shutdown(self) -> list[Action]:
         """The server is draining: finalize the open utterance, then close with 1001."""
         if self.state is not State.OPEN:
             return []
-        self.state = State.DRAINING
-        self._close_code = CLOSE_GOING_AWAY
+        self._to("shutdown")
+        self._close_code = CloseCode.GOING_AWAY
         return self._flush(speech_final=True, from_finalize=False) + self._maybe_close()
 
-    def release(self) -> None:
-        """Free what outlives the state machine: a container decoder's worker thread."""
-        if isinstance(self._decoder, ContainerDecoder):
-            self._decoder.close()
-
-    def fail(self, code: ErrorCode, message: str, close_code: int) -> list[Action]:
+    def fail(self, code: ErrorCode, message: str, close_code: CloseCode) -> list[Action]:
         """End the session at once with an Error, Metadata and `close_code`."""
         if self.state is State.CLOSED:
             return []
-        self.state = State.CLOSED
-        self._pending.clear()
-        self._open = None
+        self._to("fail")
+        self._forget()
         return [Send(Error(code, message)), Send(self._metadata()), Close(close_code, code)]
+
+    def client_gone(self) -> None:
+        """The client went away: nothing more will be sent, nothing more is wanted."""
+        if self.state is not State.CLOSED:
+            self._to("client_gone")
+            self._forget()
 
     def on_result(self, ticket: int, result: AsrResult | BaseException) -> list[Action]:
         if self.state is State.CLOSED:
@@ -313,7 +347,7 @@ class Session:
             return self.fail(
                 "INTERNAL",
                 "transcription failed on the server for this session; reconnect to continue",
-                CLOSE_INTERNAL,
+                CloseCode.INTERNAL_ERROR,
             )
         if ticket == self._interim_ticket:
             self._interim_ticket = None
@@ -334,40 +368,20 @@ class Session:
         actions += self._maybe_interim()
         return actions + self._maybe_close()
 
+    # ------------------------------------------------------------------ state
+
+    def _to(self, event: str) -> None:
+        target = _TRANSITIONS.get((self.state, event))
+        if target is None:
+            raise RuntimeError(f"session: no transition from {self.state.value} on {event}")
+        self.state = target
+
+    def _forget(self) -> None:
+        self._pending.clear()
+        self._open = None
+        self._spec = None
+
     # ------------------------------------------------------------------ audio path
-
-    def _finish_decoder(self) -> list[Action]:
-        actions: list[Action] = []
-        if isinstance(self._decoder, Linear16Decoder) and self._decoder.leftover_bytes:
-            actions.append(
-                Send(
-                    Error(
-                        "INVALID_AUDIO",
-                        f"the stream ended with {self._decoder.leftover_bytes} byte(s) of an "
-                        "incomplete sample; linear16 needs 2 bytes per sample per channel",
-                    )
-                )
-            )
-        try:
-            samples = self._decoder.finish()
-        except ContainerDecodeError as exc:
-            return self.fail("INVALID_AUDIO", str(exc), CLOSE_INVALID_DATA)
-        return actions + self._push_samples(samples)
-
-    def _push_samples(self, samples: npt.NDArray[np.float32]) -> list[Action]:
-        self.counters.audio_s += len(samples) / SAMPLE_RATE_HZ
-        actions: list[Action] = []
-        for frame in self._framer.push(samples):
-            self._frames.append(frame)
-            is_speech = self.classifier.is_speech(frame)
-            self._silent_frames = 0 if is_speech else self._silent_frames + 1
-            for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
-                actions += self._on_vad_event(event)
-            actions += self._maybe_speculate(is_speech)
-        actions += self._maybe_interim()
-        actions += self._maybe_utterance_end()
-        self._trim_frames()
-        return actions
 
     def _drop_speculation(self) -> list[Action]:
         spec, self._spec = self._spec, None
@@ -396,21 +410,21 @@ class Session:
     def _maybe_speculate(self, is_speech: bool) -> list[Action]:
         if self._spec is not None and is_speech:
             return self._drop_speculation()  # speech resumed: that guess is stale
-        spec = self._spec
         opened = self._open
         limit_ms = self.config.speculate_ms
         if (
-            spec is not None
+            self._spec is not None
             or opened is None
             or limit_ms is None
             or self.state is not State.OPEN
-            or self._silent_frames != self._frames_for(limit_ms)
+            or self._silent_frames < self._frames_for(limit_ms)
+            or (self._pending and self._context_on)  # its context is not complete yet
         ):
             return []
         ticket = next(self._tickets)
-        self._spec = _Speculation(opened.index, ticket)
-        audio = self._audio(opened.start_frame, self._segmenter.frames_seen)
-        request = AsrRequest(audio, self.options.language, self._hotwords, final=True)
+        now = self._segmenter.frames_seen
+        request, audio_start = self._request(opened.start_frame, now, final=True)
+        self._spec = _Speculation(opened.index, ticket, audio_start)
         return [Transcribe(ticket, request, speculative=True)]
 
     def _flush(self, *, speech_final: bool, from_finalize: bool) -> list[Action]:
@@ -431,111 +445,140 @@ class Session:
         return np.concatenate(frames)
 
     def _trim_frames(self) -> None:
-        if self._pending or self._open is not None:
-            keep_from = min(
-                [p.start_frame for p in self._pending if p.result is None]
-                + ([self._open.start_frame] if self._open else [])
-                + [self._segmenter.frames_seen]
-            )
-        else:
-            keep_from = self._segmenter.frames_seen - self._keep_idle_frames
+        """Drop audio nothing can ask for any more: before the open utterance, the finals
+        not transcribed yet, the context they may carry, and the segmenter's pre-roll."""
+        now = self._segmenter.frames_seen
+        anchor = now
+        for pending in self._pending:
+            if pending.result is None:
+                anchor = min(anchor, pending.start_frame)
+        if self._open is not None:
+            anchor = min(anchor, self._open.start_frame)
+        keep_from = min(anchor, now - self._keep_idle_frames)
+        if self.config.context_ms and self._spoken:
+            lead_s = CONTEXT_LEAD_MS / 1000
+            lo_s = anchor * self._frame_s - self.config.context_ms / 1000 - lead_s
+            first_s = next((w.start_s for w in self._spoken if w.start_s >= lo_s), None)
+            if first_s is not None:
+                keep_from = min(keep_from, math.floor((first_s - lead_s) / self._frame_s))
         while self._frames and self._frames_base < keep_from:
             self._frames.popleft()
             self._frames_base += 1
+
+    # ------------------------------------------------------------------ context
+
+    @property
+    def _context_on(self) -> bool:
+        return bool(self.config.context_ms)
+
+    def _context(self, start_frame: int, end_frame: int) -> tuple[int, tuple[int, ...]]:
+        """Where the request for [start_frame, end_frame) should begin, and its prefix."""
+        ms = self.config.context_ms
+        if not ms or not self._spoken:
+            return start_frame, ()
+        start_s = start_frame * self._frame_s
+        gap_ms = self.config.context_gap_ms
+        if gap_ms is not None and (start_s - self._spoken[-1].end_s) * 1000 > gap_ms:
+            return start_frame, ()
+        lo_s = max(end_frame * self._frame_s - MAX_WINDOW_MS / 1000, start_s - ms / 1000)
+        words: list[_SpokenWord] = []
+        tokens = 0
+        for word in reversed(self._spoken):
+            if word.start_s < lo_s or tokens + len(word.tokens) > self.config.max_prefix_tokens:
+                break
+            words.append(word)
+            tokens += len(word.tokens)
+        if not words:
+            return start_frame, ()
+        words.reverse()
+        earlier = len(self._spoken) - len(words) - 1
+        floor_s = self._spoken[earlier].end_s if earlier >= 0 else 0.0
+        begin_s = max(floor_s, words[0].start_s - CONTEXT_LEAD_MS / 1000)
+        begin = max(self._frames_base, min(start_frame, math.floor(begin_s / self._frame_s)))
+        if begin >= start_frame:
+            return start_frame, ()
+        return begin, tuple(t for w in words for t in w.tokens)
+
+    def _request(
+        self, start_frame: int, end_frame: int, *, final: bool, context: bool = True
+    ) -> tuple[AsrRequest, int]:
+        """The request for [start_frame, end_frame) and the frame its audio starts at."""
+        begin, prefix = self._context(start_frame, end_frame) if context else (start_frame, ())
+        request = AsrRequest(
+            self._audio(begin, end_frame),
+            self.options.language,
+            self._hotwords,
+            final=final,
+            context_s=(start_frame - begin) * self._frame_s,
+            prefix_tokens=prefix,
+        )
+        return request, begin
+
+    def _remember(self, pending: _PendingFinal, result: AsrResult) -> None:
+        """Keep the words of a released final as context for the ones after it."""
+        if not self._context_on:
+            return
+        offset_s = pending.audio_start_frame * self._frame_s
+        floor_s = self._spoken[-1].end_s if self._spoken else 0.0
+        for w in result.words:
+            start_s = max(floor_s, offset_s + w.start_s)
+            end_s = max(start_s, offset_s + w.end_s)
+            if w.tokens:
+                self._spoken.append(_SpokenWord(start_s, end_s, w.tokens))
+                floor_s = end_s
+        assert self.config.context_ms is not None
+        horizon_s = self.stream_s - self.config.context_ms / 1000.0 - MAX_WINDOW_MS / 1000
+        while self._spoken and self._spoken[0].end_s < horizon_s:
+            self._spoken.popleft()
+
+    # ------------------------------------------------------------------ finals
 
     def _request_final(
         self, opened: _Open, end_frame: int, *, speech_final: bool, from_finalize: bool
     ) -> list[Action]:
         self.counters.utterances += 1
+        pending = _PendingFinal(
+            opened.index, opened.start_frame, end_frame, speech_final, from_finalize
+        )
         spec, self._spec = self._spec, None
         if spec is not None and spec.utterance == opened.index:
             # Nothing but silence since the guess was made: it is the final.
-            pending = _PendingFinal(
-                opened.index,
-                spec.ticket,
-                opened.start_frame,
-                end_frame,
-                speech_final,
-                from_finalize,
-                spec.result,
-            )
+            pending.ticket = spec.ticket
+            pending.audio_start_frame = spec.audio_start_frame
+            pending.result = spec.result
             self._pending.append(pending)
             return [Promote(spec.ticket)] + (self._release_finals() if spec.result else [])
         actions: list[Action] = [Cancel(spec.ticket)] if spec is not None else []
-        ticket = next(self._tickets)
-        audio = self._audio(opened.start_frame, end_frame)
-        self._pending.append(
-            _PendingFinal(
-                opened.index, ticket, opened.start_frame, end_frame, speech_final, from_finalize
-            )
-        )
-        request = AsrRequest(audio, self.options.language, self._hotwords, final=True)
-        return [*actions, Transcribe(ticket, request)]
+        self._pending.append(pending)
+        return actions + self._submit_finals()
 
-    # ------------------------------------------------------------------ interims
-
-    def _maybe_interim(self) -> list[Action]:
-        opened = self._open
-        if (
-            not self.options.interim_results
-            or self.state is not State.OPEN
-            or opened is None
-            or self._interim_ticket is not None
-            or self._spec is not None
-        ):
-            return []
-        now = self._segmenter.frames_seen
-        if opened.last_interim_frame is None:
-            due = opened.onset_frame + self._frames_for(self.config.first_interim_ms)
-        else:
-            due = opened.last_interim_frame + self._frames_for(self.config.interim_interval_ms)
-        if now < due:
-            return []
-        opened.last_interim_frame = now
-        ticket = next(self._tickets)
-        self._interim_ticket = ticket
-        self._interim_for = (opened.index, now)
-        audio = self._audio(opened.start_frame, now)
-        request = AsrRequest(audio, self.options.language, self._hotwords, final=False)
-        return [Transcribe(ticket, request)]
-
-    def _interim_result(self, result: AsrResult) -> list[Action]:
-        target = self._interim_for
-        opened = self._open
-        actions = self._maybe_interim()
-        if target is None or opened is None or opened.index != target[0]:
-            return actions  # that utterance is already final (or waiting for one)
-        if not result.text:
-            return actions
-        self.counters.interims += 1
-        start_s = opened.start_frame * self._frame_s
-        message = Results(
-            request_id=self.request_id,
-            model=self.model,
-            start_s=start_s,
-            duration_s=target[1] * self._frame_s - start_s,
-            is_final=False,
-            speech_final=False,
-            from_finalize=False,
-            transcript=result.text,
-            confidence=float(np.exp(min(0.0, result.avg_logprob))),
-            words=(),
-        )
-        return [Send(message), *actions]
-
-    def _frames_for(self, ms: int) -> int:
-        return max(1, round(ms / 1000.0 / self._frame_s))
-
-    # ------------------------------------------------------------------ finals
+    def _submit_finals(self) -> list[Action]:
+        """Ask for every final that may be asked for now: with context, only the one whose
+        predecessors are all in (so its context is complete); without, all of them."""
+        actions: list[Action] = []
+        for pending in self._pending:
+            if pending.ticket is None:
+                if self._context_on and actions:
+                    break
+                pending.ticket = next(self._tickets)
+                request, pending.audio_start_frame = self._request(
+                    pending.start_frame, pending.end_frame, final=True
+                )
+                actions.append(Transcribe(pending.ticket, request))
+            if pending.result is None and self._context_on:
+                break
+        return actions
 
     def _release_finals(self) -> list[Action]:
         actions: list[Action] = []
         while self._pending and self._pending[0].result is not None:
             pending = self._pending.popleft()
             assert pending.result is not None
+            self._remember(pending, pending.result)
             message = self._final_message(pending, pending.result)
             if message is not None:
                 actions.append(Send(message))
+        actions += self._submit_finals()
         self._trim_frames()
         return actions
 
@@ -544,11 +587,12 @@ class Session:
             return None
         start_s = pending.start_frame * self._frame_s
         end_s = pending.end_frame * self._frame_s
+        offset_s = pending.audio_start_frame * self._frame_s
         words = tuple(
             Word(
                 word=w.text.strip().strip(_STRIP).lower() or w.text.strip().lower(),
-                start_s=min(max(start_s + w.start_s, start_s), end_s),
-                end_s=min(max(start_s + w.end_s, start_s), end_s),
+                start_s=min(max(offset_s + w.start_s, start_s), end_s),
+                end_s=min(max(offset_s + w.end_s, start_s), end_s),
                 confidence=w.probability,
                 punctuated_word=w.text.strip(),
             )
@@ -576,6 +620,60 @@ class Session:
             words=words,
         )
 
+    # ------------------------------------------------------------------ interims
+
+    def _maybe_interim(self) -> list[Action]:
+        opened = self._open
+        if (
+            not self.options.interim_results
+            or self.state is not State.OPEN
+            or opened is None
+            or self._interim_ticket is not None
+            or self._spec is not None
+        ):
+            return []
+        now = self._segmenter.frames_seen
+        if opened.last_interim_frame is None:
+            due = opened.onset_frame + self._frames_for(self.config.first_interim_ms)
+        else:
+            due = opened.last_interim_frame + self._frames_for(self.config.interim_interval_ms)
+        if now < due:
+            return []
+        opened.last_interim_frame = now
+        ticket = next(self._tickets)
+        self._interim_ticket = ticket
+        self._interim_for = _InterimTarget(opened.index, now)
+        # Context only when every earlier final is in: its audio would be heard twice.
+        request, _ = self._request(opened.start_frame, now, final=False, context=not self._pending)
+        return [Transcribe(ticket, request)]
+
+    def _interim_result(self, result: AsrResult) -> list[Action]:
+        target = self._interim_for
+        opened = self._open
+        actions = self._maybe_interim()
+        if target is None or opened is None or opened.index != target.utterance:
+            return actions  # that utterance is already final (or waiting for one)
+        if not result.text:
+            return actions
+        self.counters.interims += 1
+        start_s = opened.start_frame * self._frame_s
+        message = Results(
+            request_id=self.request_id,
+            model=self.model,
+            start_s=start_s,
+            duration_s=target.end_frame * self._frame_s - start_s,
+            is_final=False,
+            speech_final=False,
+            from_finalize=False,
+            transcript=result.text,
+            confidence=float(np.exp(min(0.0, result.avg_logprob))),
+            words=(),
+        )
+        return [Send(message), *actions]
+
+    def _frames_for(self, ms: int) -> int:
+        return max(1, round(ms / 1000.0 / self._frame_s))
+
     def _maybe_utterance_end(self) -> list[Action]:
         gap_ms = self.options.utterance_end_ms
         last = self._last_word_end_s
@@ -594,8 +692,12 @@ class Session:
     def _maybe_close(self) -> list[Action]:
         if self.state not in (State.CLOSING, State.DRAINING) or self._pending:
             return []
-        self.state = State.CLOSED
-        reason = "CloseStream" if self._close_code == CLOSE_NORMAL else "server shutting down"
+        self._to("flushed")
+        reason = (
+            "CloseStream"
+            if self._close_code == CloseCode.NORMAL_CLOSURE
+            else "server shutting down"
+        )
         return [Send(self._metadata()), Close(self._close_code, reason)]
 
     def _metadata(self) -> Metadata:

@@ -118,7 +118,8 @@ def vad_fractions(speech: Samples) -> dict[str, float]:
 
 def transcribe(speech: Samples, model_dir: Path) -> str:
     """The engine (faster-whisper on CTranslate2) on one utterance, on the CPU."""
-    from server.asr import AsrRequest, WhisperEngine
+    from server.asr import WhisperEngine
+    from server.transcription import AsrRequest
 
     engine = WhisperEngine(model_dir, name=model_dir.name, device="cpu", workers=1)
     (result,) = engine.transcribe_batch([AsrRequest(audio=speech)])

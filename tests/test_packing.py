@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from bench.metrics_calc import corpus_wer
 from bench.workload import load_files
 from server import packing
-from server.asr import AsrRequest, DecodeOptions, WhisperEngine
+from server.asr import DecodeOptions, WhisperEngine
 from server.packing import Span
+from server.transcription import AsrRequest
 
 RATE = packing.SAMPLE_RATE_HZ
 

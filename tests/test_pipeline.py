@@ -7,6 +7,7 @@ import itertools
 import json
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ServerProcess, reference_texts
 from tests.wsclient import Outcome, chunks, normalize, pcm16, read_wav, stream, wer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop  # the stdlib's G.711 encoders, independent of the server's decoder
 
 pytestmark = pytest.mark.slow
 
@@ -139,6 +144,22 @@ async def test_resampled_stereo_input(server: ServerProcess, audio_dir: Path) ->
         assert outcome.messages[-1]["channels"] == channels
 
 
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+async def test_g711_telephone_streams(
+    server: ServerProcess, audio_dir: Path, encoding: str
+) -> None:
+    """8 kHz G.711, as Twilio Media Streams and other telephony bridges send it."""
+    pcm, _, _ = read_wav(audio_dir / "jfk_inaugural.wav")
+    mono = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    narrow = soxr.resample(mono, 16000, 8000)
+    encode = audioop.lin2ulaw if encoding == "mulaw" else audioop.lin2alaw
+    codes = encode(pcm16(narrow), 2)
+    url = f"{server.ws_url}/v1/listen?encoding={encoding}&sample_rate=8000"
+    outcome = await stream(url, chunks(codes, [160]))  # 20 ms frames, as Twilio sends
+    assert_clean_close(outcome)
+    assert "what your country can do for you" in normalize(outcome.transcript)
+
+
 async def test_finalize_then_closestream(server: ServerProcess, audio_dir: Path) -> None:
     pcm, _, _ = read_wav(audio_dir / "jfk_inaugural.wav")
     head, tail = pcm[: 32000 * 3], pcm[32000 * 3 :]
@@ -232,7 +253,9 @@ async def test_odd_byte_count_is_reported_not_dropped(
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
-        ("encoding=mulaw&sample_rate=8000", "encoding"),
+        ("encoding=opus&sample_rate=48000", "encoding"),
+        ("encoding=linear16&redact=pci", "redact"),
+        ("encoding=linear16&profanity_filter=true", "profanity_filter"),
         ("encoding=linear16&sample_rate=4000", "sample_rate"),
         ("encoding=linear16&channels=3", "channels"),
         ("encoding=linear16&interim_results=maybe", "interim_results"),
