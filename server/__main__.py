@@ -62,7 +62,7 @@ def configure_logging(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    for noisy in ("websockets", "botocore", "aiobotocore", "faster_whisper"):
+    for noisy in ("websockets", "uvicorn", "botocore", "aiobotocore", "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

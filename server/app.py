@@ -15,20 +15,17 @@ import logging
 import math
 import os
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from websockets.asyncio.server import ServerConnection
-from websockets.asyncio.server import serve as ws_serve
-
+from server import serving
 from server.asr import DecodeOptions, EngineError, WhisperEngine, resolve_device
 from server.config import BUILTIN_MODEL, Settings
-from server.connection import Connection
-from server.http import HttpRoutes, select_subprotocol
+from server.connection import serve_listen
+from server.http import LISTEN_PATH, App
 from server.runtime import Phase, Runtime, model_info
 from server.scheduler import Scheduler
 from vad.base import SpeechClassifier
@@ -182,36 +179,22 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    async def handler(ws: ServerConnection) -> None:
-        await Connection(runtime, ws).run()
-
     net = settings.network
-    tls: ssl.SSLContext | None = None
-    if net.tls_cert is not None and net.tls_key is not None:
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(net.tls_cert, net.tls_key)
+    app = App(runtime, sessions={LISTEN_PATH: serve_listen}, web_root=net.web_root)
+    server = serving.build_server(
+        app,
+        max_frame_bytes=settings.limits.max_frame_bytes,
+        head_timeout_s=settings.limits.handshake_timeout_s,
+        tls_cert=net.tls_cert,
+        tls_key=net.tls_key,
+    )
+    sock = serving.bind(net.host, net.port)
 
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(
-            ws_serve(
-                handler,
-                net.host,
-                net.port,
-                process_request=HttpRoutes(runtime, net.web_root),
-                select_subprotocol=select_subprotocol,
-                max_size=settings.limits.max_frame_bytes,
-                open_timeout=settings.limits.handshake_timeout_s,
-                ssl=tls,
-                server_header="streamscribe",
-                # Pings keep NAT and proxy mappings alive, but never time out: a session
-                # whose finals backlog pauses reading would miss the pong, and dead peers
-                # are caught by the idle timeout instead.
-                ping_interval=20,
-                ping_timeout=None,
-            )
-        )
-        port = next(iter(server.sockets)).getsockname()[1]
-        scheme = "https" if tls else "http"
+        await serving.start(server, sock)
+        stack.push_async_callback(serving.stop, server)
+        port = sock.getsockname()[1]
+        scheme = "https" if net.tls_cert else "http"
         host = net.host if ":" not in net.host else f"[{net.host}]"
         _announce(f"{LISTENING_PREFIX}{scheme}://{host}:{port}")
 
@@ -312,7 +295,7 @@ async def _drain(runtime: Runtime) -> None:
     for connection in connections:
         connection.drain()
     deadline = runtime.settings.limits.drain_timeout_s
-    waiting = [asyncio.create_task(_closed(c)) for c in connections]
+    waiting = [asyncio.create_task(c.closed()) for c in connections]
     if waiting:
         _, pending = await asyncio.wait(waiting, timeout=deadline)
         for task in pending:
@@ -320,10 +303,5 @@ async def _drain(runtime: Runtime) -> None:
         if pending:
             log.warning("%d session(s) did not finish within %.0f s", len(pending), deadline)
             for connection in connections:
-                transport = connection.ws.transport
-                if connection in runtime.connections and transport is not None:
-                    transport.abort()
-
-
-async def _closed(connection: Connection) -> None:
-    await connection.ws.wait_closed()
+                if connection in runtime.connections:
+                    connection.abort()

@@ -6,22 +6,45 @@ import enum
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from server.asr import WhisperEngine
 from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import ModelInfo
 from server.scheduler import Scheduler
+from server.session import SessionConfig
 from server.transcription import AsrRequest, AsrResult
 from vad.base import SpeechClassifier
-
-if TYPE_CHECKING:
-    from server.connection import Connection
 
 
 class ProgressReport(Protocol):
     def as_dict(self) -> dict[str, object]: ...
+
+
+class Drainable(Protocol):
+    """An open session as the server's lifecycle sees it."""
+
+    def drain(self) -> None:
+        """Finalize what is open and close (the server is shutting down)."""
+
+    async def closed(self) -> None:
+        """Return once the session's connection is gone."""
+
+    def abort(self) -> None:
+        """Drop the connection at once (the drain timeout passed)."""
+
+
+def session_config(settings: Settings) -> SessionConfig:
+    """Each session's configuration, from the server's stream and limit settings."""
+    stream = settings.stream
+    return SessionConfig(
+        endpointing_ms=stream.endpointing_ms,
+        max_utterance_ms=int(stream.max_utterance_s * 1000),
+        interim_interval_ms=stream.interim_interval_ms,
+        first_interim_ms=stream.first_interim_ms,
+        max_pending_finals=settings.limits.max_pending_finals,
+    )
 
 
 class Phase(enum.Enum):
@@ -53,7 +76,11 @@ class Runtime:
     scheduler: Scheduler[AsrRequest, AsrResult] | None = None
     model: ModelInfo | None = None
     classifier_factory: Callable[[], SpeechClassifier] | None = None
-    connections: set[Connection] = field(default_factory=set)
+    connections: set[Drainable] = field(default_factory=set)
+
+    @property
+    def max_sessions(self) -> int:
+        return self.settings.limits.max_sessions
 
     @property
     def ready(self) -> bool:
@@ -65,7 +92,7 @@ class Runtime:
             body["progress"] = self.progress.as_dict() if self.progress else {}
         if self.scheduler is not None:
             body["sessions"] = len(self.connections)
-            body["max_sessions"] = self.settings.limits.max_sessions
+            body["max_sessions"] = self.max_sessions
             body["queue_depth"] = self.scheduler.depth
             body["estimated_final_wait_s"] = round(self.scheduler.estimated_final_wait_s(), 3)
         return body

@@ -238,7 +238,7 @@ UPGRADE = [
                 ("Origin", ORIGINS[0]),
                 ("Origin", ORIGINS[1]),
             ],
-            400,  # websockets refuses a repeated Origin itself
+            400,  # a repeated Origin is ambiguous, allowed or not
         ),
         (
             [
@@ -246,9 +246,9 @@ UPGRADE = [
                 ("Origin", ORIGINS[0]),
                 ("Origin", "https://x.example"),
             ],
-            403,
+            400,
         ),
-        # websockets answers 426 itself: the Upgrade header is not one "websocket".
+        # The WebSocket layer answers 426 itself: the Upgrade header is not one "websocket".
         ([("Authorization", f"Token {FILE_KEY}"), ("Upgrade", "websocket")], 426),
     ],
     ids=[

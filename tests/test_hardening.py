@@ -627,17 +627,26 @@ async def test_session_length_limit_also_for_a_flooding_client(
 
 
 @pytest.mark.parametrize(
-    "path",
-    ["/" + "a" * 300, "/a/" + "b" * 5000, "/\x00", "/../../etc/passwd", "/%2e%2e/etc/passwd"],
-    ids=["long-name", "long-path", "nul", "dot-dot", "encoded-dot-dot"],
+    ("path", "status"),
+    [
+        ("/" + "a" * 300, b"404"),
+        ("/a/" + "b" * 5000, b"404"),
+        ("/\x00", b"400"),  # not a valid request line at all
+        ("/%00", b"404"),
+        ("/../../etc/passwd", b"404"),
+        ("/%2e%2e/etc/passwd", b"404"),
+    ],
+    ids=["long-name", "long-path", "nul", "encoded-nul", "dot-dot", "encoded-dot-dot"],
 )
-async def test_odd_paths_get_404_not_500(limits_server: WatchedServer, path: str) -> None:
+async def test_odd_paths_get_4xx_not_500(
+    limits_server: WatchedServer, path: str, status: bytes
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", limits_server.port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1"))
     status_line = await reader.readline()
     body = await reader.read()
     writer.close()
-    assert status_line.split()[1] == b"404", status_line
+    assert status_line.split()[1] == status, status_line
     assert b"root:" not in body
     assert limits_server.error_lines() == []
 
