@@ -41,6 +41,9 @@ class ModelSettings:
     cpu_threads: int = 1
     workers: int = 2
     beam_size: int = 5
+    speaker_model: Path | None = None
+    """resemblyzer's pretrained.pt for diarize=true (None: the copy `python -m cache fetch
+    resemblyzer-encoder` put in the cache, if any)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,13 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("cpu-threads", "model", "cpu_threads", _positive_int, "intra-op threads per worker"),
     _Flag("workers", "model", "workers", _positive_int, "concurrent inference workers"),
     _Flag("beam-size", "model", "beam_size", _positive_int, "beam size for finals"),
+    _Flag(
+        "speaker-model",
+        "model",
+        "speaker_model",
+        _path,
+        "speaker encoder weights for diarize=true (default: the cache's resemblyzer-encoder)",
+    ),
     _Flag("max-batch", "scheduler", "max_batch", _non_negative_int, "max requests per batch"),
     _Flag(
         "batch-wait-ms", "scheduler", "batch_wait_ms", int, "max wait to fill a batch (-1: auto)"

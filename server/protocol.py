@@ -97,6 +97,7 @@ class StreamOptions:
     vad_events: bool = False
     keyterms: tuple[str, ...] = ()
     model: str | None = None
+    diarize: bool = False
 
 
 def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -202,6 +203,10 @@ def parse_options(
     if sum(len(t) for t in terms) > 500:
         raise InvalidParameter("keyterm", "key terms may total at most 500 characters")
 
+    diarize = False
+    if (raw := _one(query, "diarize")) is not None:
+        diarize = _parse_bool("diarize", raw)
+
     model = _one(query, "model")
     return StreamOptions(
         encoding=encoding,
@@ -215,6 +220,7 @@ def parse_options(
         vad_events=vad_events,
         keyterms=tuple(dict.fromkeys(terms)),
         model=model.strip() if model else None,
+        diarize=diarize,
     )
 
 
@@ -298,6 +304,9 @@ class Word:
     end_s: float
     confidence: float
     punctuated_word: str
+    speaker: int | None = None
+    """With diarize=true: the talker, 0, 1, ... stable for the session."""
+    speaker_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +355,20 @@ def _r(value: float, digits: int = 3) -> float:
     return round(value, digits) if math.isfinite(value) else 0.0
 
 
+def _word_json(word: Word) -> dict[str, object]:
+    data: dict[str, object] = {
+        "word": word.word,
+        "start": _r(word.start_s),
+        "end": _r(word.end_s),
+        "confidence": _r(word.confidence, 4),
+        "punctuated_word": word.punctuated_word,
+    }
+    if word.speaker is not None:
+        data["speaker"] = word.speaker
+        data["speaker_confidence"] = _r(word.speaker_confidence or 0.0, 3)
+    return data
+
+
 def to_json(message: ServerMessage) -> str:
     """Encode a server event as the JSON text frame PROTOCOL.md specifies."""
     data: dict[str, object]
@@ -363,16 +386,7 @@ def to_json(message: ServerMessage) -> str:
                     {
                         "transcript": message.transcript,
                         "confidence": _r(message.confidence, 4),
-                        "words": [
-                            {
-                                "word": w.word,
-                                "start": _r(w.start_s),
-                                "end": _r(w.end_s),
-                                "confidence": _r(w.confidence, 4),
-                                "punctuated_word": w.punctuated_word,
-                            }
-                            for w in message.words
-                        ],
+                        "words": [_word_json(w) for w in message.words],
                     }
                 ]
             },
