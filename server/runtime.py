@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,18 +36,6 @@ class Drainable(Protocol):
         """Drop the connection at once (the drain timeout passed)."""
 
 
-def session_config(settings: Settings) -> SessionConfig:
-    """Each session's configuration, from the server's stream and limit settings."""
-    stream = settings.stream
-    return SessionConfig(
-        endpointing_ms=stream.endpointing_ms,
-        max_utterance_ms=int(stream.max_utterance_s * 1000),
-        interim_interval_ms=stream.interim_interval_ms,
-        first_interim_ms=stream.first_interim_ms,
-        max_pending_finals=settings.limits.max_pending_finals,
-    )
-
-
 class Phase(enum.Enum):
     STARTING = "starting"
     HYDRATING = "hydrating"
@@ -77,6 +66,11 @@ class Runtime:
     model: ModelInfo | None = None
     classifier_factory: Callable[[], SpeechClassifier] | None = None
     connections: set[Drainable] = field(default_factory=set)
+
+    @functools.cached_property
+    def session_config(self) -> SessionConfig:
+        """Every session's configuration, built once from the stream and limit settings."""
+        return self.settings.stream.session_config(self.settings.limits)
 
     @property
     def max_sessions(self) -> int:

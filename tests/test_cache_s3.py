@@ -407,13 +407,10 @@ def test_two_processes_share_one_cache(pushed: Pushed, model_dir: Path, tmp_path
     assert summaries == ["fetched", "up to date"], results
 
 
-async def test_too_little_disk_gives_a_clear_error(
-    pushed: Pushed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("STREAMSCRIBE_CACHE_RESERVE_BYTES", str(10**18))
+async def test_too_little_disk_gives_a_clear_error(pushed: Pushed, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(DiskSpaceError) as caught:
-        await hydrate(pushed.source, cache, endpoint_url=pushed.endpoint)
+        await hydrate(pushed.source, cache, endpoint_url=pushed.endpoint, reserve_bytes=10**18)
     message = str(caught.value)
     assert "not enough disk space" in message and str(cache) in message
     assert "74.5 MiB" in message  # what the model needs
