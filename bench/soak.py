@@ -38,6 +38,7 @@ import websockets
 
 from bench.process import stop_process
 from bench.servers import LISTENING_PREFIX, READY_LINE, REPO_ROOT, ServerStartError
+from server.protocol import Error, Results, from_json
 
 SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 DEFAULT_FILE = SHARED_DIR / "audio" / "jfk_inaugural.wav"
@@ -278,11 +279,11 @@ async def one_session(
         sender = asyncio.create_task(send())
         try:
             async for raw in ws:
-                message = json.loads(raw)
-                if message.get("type") == "Results" and message.get("is_final"):
-                    texts.append(message["channel"]["alternatives"][0]["transcript"])
-                elif message.get("type") == "Error":
-                    errors.append(str(message.get("code")))
+                message = from_json(raw if isinstance(raw, str) else raw.decode())
+                if isinstance(message, Results) and message.is_final:
+                    texts.append(message.transcript)
+                elif isinstance(message, Error):
+                    errors.append(message.code)
         except websockets.ConnectionClosed:
             pass
         sender.cancel()
