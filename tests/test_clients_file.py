@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import wave
@@ -24,7 +23,9 @@ import pytest
 from clients.audio_file import pcm16_chunks
 from clients.cli import Interrupts
 from clients.file import paced
-from tests.conftest import REPO_ROOT, ServerProcess
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
+from tests.support.server import ServerProcess
 
 JFK_PHRASE = "what your country can do for you"
 JFK_DURATION_S = 11.0
@@ -329,11 +330,8 @@ def test_unreadable_input_and_unreachable_server(tmp_path: Path, audio_dir: Path
     missing = run_client(str(tmp_path / "missing.wav"))
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free_port = sock.getsockname()[1]
     unreachable = run_client(
-        str(audio_dir / "timit_LDC93S1.wav"), "--url", f"ws://127.0.0.1:{free_port}"
+        str(audio_dir / "timit_LDC93S1.wav"), "--url", f"ws://127.0.0.1:{free_port()}"
     )
     assert unreachable.returncode == 1 and "cannot reach the server" in unreachable.stderr
     for result in (done, missing, unreachable):

@@ -23,7 +23,7 @@ from server.config import (
     resolve,
 )
 from server.session import SessionConfig
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 
 def test_defaults() -> None:

@@ -28,11 +28,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bench.locals3 import moto_server, s3_client
 from cache.push import push
 from cache.s3 import TransferConfig
-from tests.conftest import REPO_ROOT, reference_texts
 from tests.dockerfile_model import build_context_files, read_dockerignore
+from tests.support.locals3 import moto_server, s3_client
+from tests.support.paths import REPO_ROOT, reference_texts
 from tests.venvs import build_env, create_venv, pip
 
 PROBE = Path(__file__).with_name("floor_probe.py")

@@ -17,7 +17,8 @@ import soxr
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import ServerProcess, reference_texts
+from tests.support.paths import reference_texts
+from tests.support.server import ServerProcess
 from tests.wsclient import Outcome, chunks, normalize, pcm16, read_wav, stream, wer
 
 with warnings.catch_warnings():

@@ -15,7 +15,7 @@ from faster_whisper.tokenizer import Tokenizer
 
 from cache.registry import fetch
 from cache.store import default_cache_dir
-from tests.conftest import SHARED_DIR
+from tests.support.paths import SHARED_DIR
 from tests.support.random_whisper import TINY_128
 
 SAMPLE_RATE_HZ = 16_000

@@ -17,7 +17,7 @@ from cache import registry
 from cache.__main__ import main
 from cache.errors import RegistryError
 from cache.registry import AssembledFile, Piece, RegistryEntry, Wheel, fetch, local_path
-from tests.conftest import SHARED_DIR
+from tests.support.paths import SHARED_DIR
 
 PART1 = bytes(range(256)) * 1200 + b"first part end"
 PART2 = os.urandom(200_003)

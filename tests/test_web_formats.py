@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from clients.formats import cues_from_final, to_srt, to_vtt
 from server.protocol import Results, from_json
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 NODE = shutil.which("node")
 FORMATS_JS = REPO_ROOT / "clients" / "web" / "formats.js"
