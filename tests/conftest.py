@@ -55,3 +55,15 @@ def server() -> Iterator[ServerProcess]:
 def _no_hub_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
+
+KINDS = ("unit", "integration", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test not marked integration or browser is a unit test; none may be two kinds."""
+    for item in items:
+        kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(kinds))}")
+        if not kinds:
+            item.add_marker(pytest.mark.unit)

@@ -23,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support.server import ServerProcess, ServerStartError, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 ENV_KEYS = ("env-key.0ne", "env_key~Two")
 FILE_KEY = "file-key-3.x_y~z"

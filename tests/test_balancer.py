@@ -39,7 +39,7 @@ POD_HEADER = "X-Streamscribe-Pod"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.integration,
     pytest.mark.skipif(
         not Path(HAPROXY).exists(), reason="needs Debian's haproxy (apt-get install haproxy)"
     ),

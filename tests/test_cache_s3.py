@@ -30,6 +30,8 @@ from tests.support.locals3 import moto_server, s3_client
 from tests.support.paths import REPO_ROOT
 from tests.support.process import free_port
 
+pytestmark = pytest.mark.integration  # a real S3 server (moto) and `python -m cache` processes
+
 KEY_ID = "AKIASTREAMSCRIBETEST"
 SECRET = "streamscribe-test-secret-do-not-print"  # a fake key, only moto sees it
 FAST_FAIL = TransferConfig(max_attempts=2, backoff_base_s=0.01, connect_timeout_s=2)

@@ -39,7 +39,7 @@ from tests.support.paths import REPO_ROOT
 from tests.support.server import ServerProcess
 from tests.venvs import BASE_PATH, build_env
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @dataclass

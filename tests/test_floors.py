@@ -136,7 +136,7 @@ def _same_version(installed: str, pin: str) -> bool:
     return not applies or requirement.specifier.contains(installed, prereleases=True)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_floors_install_together_and_pass_pip_check(floor_venv: FloorVenv) -> None:
     versions = _installed_versions(floor_venv)
     for name, pin in floor_venv.pins.items():
@@ -165,7 +165,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_package_works_at_its_floors(
     floor_venv: FloorVenv, audio_dir: Path, model_dir: Path
 ) -> None:
@@ -214,7 +214,7 @@ def pushed_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
         yield Bucket(endpoint=endpoint, source=source, model=model)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cold_start_from_s3_at_the_floors(
     floor_venv: FloorVenv, pushed_model: Bucket, tmp_path: Path
 ) -> None:

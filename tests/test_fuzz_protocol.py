@@ -228,7 +228,7 @@ def check_message(message: dict[str, Any]) -> None:
         assert message["last_word_end"] >= 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_any_frame_sequence_yields_only_documented_replies(
     fuzz_server: ServerProcess, speech_pieces: list[bytes]
 ) -> None:

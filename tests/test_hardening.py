@@ -31,7 +31,7 @@ import websockets
 from tests.support.server import ServerProcess, start_server
 from tests.wsclient import Outcome, normalize, read_wav
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 LINEAR16 = "/v1/listen?encoding=linear16&sample_rate=16000"
 CLOSE_STREAM = json.dumps({"type": "CloseStream"})

@@ -19,7 +19,7 @@ from tests.support.paths import REPO_ROOT
 from tests.support.server import start_server
 from tests.wsclient import chunks, normalize, read_wav, stream
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 KEY_ID = "AKIASTREAMSCRIBESRV"
 SECRET = "server-test-secret-never-logged"

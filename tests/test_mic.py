@@ -34,7 +34,7 @@ LINE_TIMEOUT_S = 120.0
 
 pytestmark = [
     pytest.mark.audio,
-    pytest.mark.slow,
+    pytest.mark.integration,
     pytest.mark.skipif(
         shutil.which("pulseaudio") is None or shutil.which("paplay") is None,
         reason="needs PulseAudio (apt-get install pulseaudio pulseaudio-utils "

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop  # the stdlib's G.711 encoders, independent of the server's decoder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 LINEAR16 = "/v1/listen?encoding=linear16&sample_rate=16000"
 CLOSE = json.dumps({"type": "CloseStream"})

@@ -278,7 +278,7 @@ def test_cli_fetch_prints_the_path(
     assert "cache: error:" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_real_whisper_base_loads_and_detects_french(tmp_path: Path) -> None:
     base = registry.REGISTRY["whisper-base"]
     if not all((REAL_WHEEL_DIR / w.filename).is_file() for w in base.wheels):

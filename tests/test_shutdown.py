@@ -38,7 +38,7 @@ CLIP = "cmuarctic_a0024.wav"  # 4 s: "It was my reports from the north which chi
 DRAIN_TIMEOUT_S = 20.0  # the default; generous, so that slow inference on a busy CPU fits
 LISTEN_QUERY = "encoding=linear16&sample_rate=16000&channels=1"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @dataclass(frozen=True)

@@ -423,7 +423,7 @@ def test_der_counts_confusion_and_nothing_for_a_perfect_answer() -> None:
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_composed_two_speaker_conversation_is_labelled(encoder: SpeakerEncoder) -> None:
     conversation = diarize.compose(SHARED_DIR, 2, seed=2)
     assert len(conversation.speakers) == 2 and len(conversation.turns) >= 6
