@@ -355,7 +355,7 @@ def _r(value: float, digits: int = 3) -> float:
 
 
 def to_json(message: ServerMessage) -> str:
-    """Encode a server event as the JSON text frame PROTOCOL.md specifies."""
+    """Encode a server event as the JSON text frame docs/protocol.md describes."""
     data: dict[str, object]
     if isinstance(message, Results):
         data = {

@@ -1,6 +1,6 @@
 """API keys and origins at the handshake, against a real server started with keys.
 
-Keys come from STREAMSCRIBE_API_KEYS and from --api-key-file; every form PROTOCOL.md
+Keys come from STREAMSCRIBE_API_KEYS and from --api-key-file; every form docs/protocol.md
 names is tried with each key; missing and wrong keys get HTTP 401 with a JSON body that
 does not echo them; the probes stay open, /metrics needs a key, --allowed-origins refuses
 other browser origins with 403; and no key, good or bad, ever reaches the server's logs.
