@@ -33,7 +33,7 @@ from server.config import (
 )
 from server.connection import serve_listen
 from server.http import LISTEN_PATH, App
-from server.runtime import Phase, Runtime, model_info
+from server.runtime import Phase, Runtime, Speakers, model_info
 from server.scheduler import Scheduler
 from vad.base import SpeechClassifier
 
@@ -112,6 +112,22 @@ def manifest_model_name(model_dir: Path) -> str:
     from cache.manifest import MANIFEST_NAME, Manifest
 
     return Manifest.decode((model_dir / MANIFEST_NAME).read_bytes()).model
+
+
+def speaker_weights(settings: Settings) -> Path | None:
+    """The speaker encoder's weights for diarize=true: --speaker-model, else the copy that
+    `python -m cache fetch resemblyzer-encoder` left in the cache, else none (diarize=true
+    is then refused with a message saying how to get them)."""
+    from cache.registry import local_path
+    from cache.store import default_cache_dir
+
+    given = settings.model.speaker_model
+    if given is not None:
+        if not given.is_file():
+            raise StartupError(f"--speaker-model {given}: no such file")
+        return given
+    fetched = local_path("resemblyzer-encoder", settings.model.cache_dir or default_cache_dir())
+    return fetched / "pretrained.pt" if fetched is not None else None
 
 
 def classifier_factory(settings: Settings) -> Callable[[], SpeechClassifier]:
@@ -279,6 +295,7 @@ async def _start_engine(runtime: Runtime) -> None:
     runtime.metrics.set_model_info(name, engine.device, engine.compute_type)
     runtime.classifier_factory = classifier_factory(settings)
     runtime.classifier_factory()  # fail now, not in the first session, if the VAD cannot load
+    runtime.speakers = Speakers(await asyncio.to_thread(speaker_weights, settings))
     scheduler = scheduler_for(runtime, engine, resolved.batching)
     scheduler.start()
     runtime.scheduler = scheduler

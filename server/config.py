@@ -60,6 +60,9 @@ class ModelSettings:
     cpu_threads: int = 1
     workers: int = 2
     beam_size: int = 5
+    speaker_model: Path | None = None
+    """resemblyzer's pretrained.pt for diarize=true (None: the copy `python -m cache fetch
+    resemblyzer-encoder` put in the cache, if any)."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +389,14 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("cpu-threads", "model", "cpu_threads", _positive_int, "intra-op threads per worker"),
     _Flag("workers", "model", "workers", _positive_int, "concurrent inference workers"),
     _Flag("beam-size", "model", "beam_size", _positive_int, "beam size for finals"),
+    _Flag(
+        "speaker-model",
+        "model",
+        "speaker_model",
+        _path,
+        "speaker encoder weights for diarize=true",
+        none_means="the cache's resemblyzer-encoder",
+    ),
     _Flag(
         "max-batch",
         "scheduler",

@@ -105,6 +105,7 @@ class StreamOptions:
     vad_events: bool = False
     keyterms: tuple[str, ...] = ()
     model: str | None = None
+    diarize: bool = False
 
 
 def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -210,6 +211,10 @@ def parse_options(
     if sum(len(t) for t in terms) > 500:
         raise InvalidParameter("keyterm", "key terms may total at most 500 characters")
 
+    diarize = False
+    if (raw := _one(query, "diarize")) is not None:
+        diarize = _parse_bool("diarize", raw)
+
     model = _one(query, "model")
     return StreamOptions(
         encoding=encoding,
@@ -223,6 +228,7 @@ def parse_options(
         vad_events=vad_events,
         keyterms=tuple(dict.fromkeys(terms)),
         model=model.strip() if model else None,
+        diarize=diarize,
     )
 
 
@@ -306,6 +312,9 @@ class Word:
     end_s: float
     confidence: float
     punctuated_word: str
+    speaker: int | None = None
+    """With diarize=true: the talker, 0, 1, ... stable for the session."""
+    speaker_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +363,20 @@ def _r(value: float, digits: int = 3) -> float:
     return round(value, digits) if math.isfinite(value) else 0.0
 
 
+def _word_json(word: Word) -> dict[str, object]:
+    data: dict[str, object] = {
+        "word": word.word,
+        "start": _r(word.start_s),
+        "end": _r(word.end_s),
+        "confidence": _r(word.confidence, 4),
+        "punctuated_word": word.punctuated_word,
+    }
+    if word.speaker is not None:
+        data["speaker"] = word.speaker
+        data["speaker_confidence"] = _r(word.speaker_confidence or 0.0, 3)
+    return data
+
+
 def to_json(message: ServerMessage) -> str:
     """Encode a server event as the JSON text frame docs/protocol.md describes."""
     data: dict[str, object]
@@ -371,16 +394,7 @@ def to_json(message: ServerMessage) -> str:
                     {
                         "transcript": message.transcript,
                         "confidence": _r(message.confidence, 4),
-                        "words": [
-                            {
-                                "word": w.word,
-                                "start": _r(w.start_s),
-                                "end": _r(w.end_s),
-                                "confidence": _r(w.confidence, 4),
-                                "punctuated_word": w.punctuated_word,
-                            }
-                            for w in message.words
-                        ],
+                        "words": [_word_json(w) for w in message.words],
                     }
                 ]
             },
@@ -491,6 +505,11 @@ def _flag(data: Mapping[str, Any], key: str) -> bool:
     return data.get(key) is True
 
 
+def _integer(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _model_info(uuid: str, info: Mapping[str, Any], name: str = "") -> ModelInfo:
     return ModelInfo(
         name=_text(info, "name", name),
@@ -509,6 +528,10 @@ def _words(raw: object) -> tuple[Word, ...]:
             end_s=_number(item, "end"),
             confidence=_number(item, "confidence"),
             punctuated_word=_text(item, "punctuated_word", _text(item, "word")),
+            speaker=_integer(item, "speaker"),
+            speaker_confidence=(
+                _number(item, "speaker_confidence") if "speaker_confidence" in item else None
+            ),
         )
         for item in items
         if isinstance(item, dict)
@@ -549,11 +572,10 @@ def _metadata(data: Mapping[str, Any]) -> Metadata:
     first_model = models[0] if isinstance(models, list) and models else ""
     infos = _object(data, "model_info")
     uuid, info = next(iter(infos.items()), ("", {}))
-    channels = data.get("channels")
     return Metadata(
         request_id=_text(data, "request_id"),
         created=_created(data.get("created")),
         duration_s=_number(data, "duration"),
-        channels=channels if isinstance(channels, int) and not isinstance(channels, bool) else 1,
+        channels=_integer(data, "channels") or 1,
         model=_model_info(uuid, info if isinstance(info, dict) else {}, str(first_model)),
     )

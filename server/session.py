@@ -31,6 +31,11 @@ endpoint; if speech resumes first, it is withdrawn (`Cancel`). Adaptive endpoint
 on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to the
 server, the utterance may close after `sentence_end_ms` of silence instead.
 
+Speakers (diarize=true): before a final with words is released, the session asks for its
+talkers (`Label`: the utterance's audio and word spans) and releases it once they are in
+(`on_speakers`), so every final word carries a speaker. Labels are asked for in utterance
+order, one at a time: the tracker that assigns them keeps per-session state.
+
 Finals are released strictly in utterance order; interims of an utterance are dropped once
 it is final.
 """
@@ -42,6 +47,7 @@ import itertools
 import math
 import string
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -123,12 +129,25 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Label:
+    """Find the talker of each word of a final (diarize=true); answer with on_speakers."""
+
+    ticket: int
+    audio: npt.NDArray[np.float32]
+    word_spans_s: tuple[tuple[float, float], ...]
+    """(start, end) of each word, in seconds from the start of `audio`."""
+
+
+@dataclass(frozen=True)
 class Close:
     code: CloseCode
     reason: str
 
 
-Action = Send | Transcribe | Promote | Cancel | Close
+Action = Send | Transcribe | Promote | Cancel | Label | Close
+
+SpeakerLabel = tuple[int, float]
+"""(speaker, confidence) of one word."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,8 @@ class _PendingFinal:
     audio_start_frame: int = 0
     """Where the request's audio (context included) begins."""
     result: AsrResult | None = None
+    speakers: tuple[SpeakerLabel, ...] | None = None
+    labelling: bool = False
 
 
 @dataclass(frozen=True)
@@ -363,6 +384,21 @@ class Session:
                 break
         else:
             return []
+        return self._after_final()
+
+    def on_speakers(self, ticket: int, labels: Sequence[SpeakerLabel]) -> list[Action]:
+        """The talkers of a final's words, in word order (the answer to `Label`)."""
+        if self.state is State.CLOSED:
+            return []
+        for pending in self._pending:
+            if pending.ticket == ticket and pending.labelling:
+                pending.speakers = tuple(labels)
+                break
+        else:
+            return []
+        return self._after_final()
+
+    def _after_final(self) -> list[Action]:
         actions = self._release_finals()
         actions += self._maybe_utterance_end()
         actions += self._maybe_interim()
@@ -450,7 +486,7 @@ class Session:
         now = self._segmenter.frames_seen
         anchor = now
         for pending in self._pending:
-            if pending.result is None:
+            if pending.result is None or self.options.diarize:  # labelling needs the audio
                 anchor = min(anchor, pending.start_frame)
         if self._open is not None:
             anchor = min(anchor, self._open.start_frame)
@@ -572,6 +608,13 @@ class Session:
     def _release_finals(self) -> list[Action]:
         actions: list[Action] = []
         while self._pending and self._pending[0].result is not None:
+            head = self._pending[0]
+            assert head.result is not None
+            if self.options.diarize and head.result.words and head.speakers is None:
+                if not head.labelling:
+                    head.labelling = True
+                    actions.append(self._label(head, head.result))
+                break
             pending = self._pending.popleft()
             assert pending.result is not None
             self._remember(pending, pending.result)
@@ -582,12 +625,27 @@ class Session:
         self._trim_frames()
         return actions
 
+    def _label(self, pending: _PendingFinal, result: AsrResult) -> Label:
+        assert pending.ticket is not None
+        offset_s = (pending.audio_start_frame - pending.start_frame) * self._frame_s
+        length_s = (pending.end_frame - pending.start_frame) * self._frame_s
+        spans = tuple(
+            (
+                min(max(0.0, offset_s + w.start_s), length_s),
+                min(max(0.0, offset_s + w.end_s), length_s),
+            )
+            for w in result.words
+        )
+        audio = self._audio(pending.start_frame, pending.end_frame)
+        return Label(pending.ticket, audio, spans)
+
     def _final_message(self, pending: _PendingFinal, result: AsrResult) -> Results | None:
         if not result.text:
             return None
         start_s = pending.start_frame * self._frame_s
         end_s = pending.end_frame * self._frame_s
         offset_s = pending.audio_start_frame * self._frame_s
+        speakers: Sequence[SpeakerLabel | None] = pending.speakers or [None] * len(result.words)
         words = tuple(
             Word(
                 word=w.text.strip().strip(_STRIP).lower() or w.text.strip().lower(),
@@ -595,8 +653,10 @@ class Session:
                 end_s=min(max(offset_s + w.end_s, start_s), end_s),
                 confidence=w.probability,
                 punctuated_word=w.text.strip(),
+                speaker=label[0] if label else None,
+                speaker_confidence=label[1] if label else None,
             )
-            for w in result.words
+            for w, label in zip(result.words, speakers, strict=True)
         )
         confidence = (
             float(np.mean([w.confidence for w in words]))

@@ -31,13 +31,20 @@ SECONDS = st.integers(0, 10**8).map(lambda n: n / 1000)
 CONFIDENCES = st.integers(0, 10**4).map(lambda n: n / 10**4)
 TEXTS = st.text(max_size=20)
 MODELS = st.builds(ModelInfo, name=TEXTS, version=TEXTS, arch=TEXTS, uuid=TEXTS)
+SPEAKERS = st.one_of(  # to_json writes a speaker's confidence (to 1e-3) only with it
+    st.just((None, None)),
+    st.tuples(st.integers(0, 9), st.integers(0, 1000).map(lambda n: n / 1000)),
+)
 WORDS = st.builds(
-    Word,
-    word=TEXTS,
-    start_s=SECONDS,
-    end_s=SECONDS,
-    confidence=CONFIDENCES,
-    punctuated_word=TEXTS,
+    lambda word, start_s, end_s, confidence, punctuated_word, speaker: Word(
+        word, start_s, end_s, confidence, punctuated_word, *speaker
+    ),
+    TEXTS,
+    SECONDS,
+    SECONDS,
+    CONFIDENCES,
+    TEXTS,
+    SPEAKERS,
 )
 MESSAGES: st.SearchStrategy[ServerMessage] = st.one_of(
     st.builds(
@@ -89,7 +96,8 @@ def test_a_deepgram_results_frame_with_fields_we_do_not_send_decodes() -> None:
                     "languages": ["en"],
                     "words": [
                         {"word": "good", "start": 4.3, "end": 4.6, "confidence": 0.99,
-                         "punctuated_word": "Good", "speaker": 0, "language": "en"},
+                         "punctuated_word": "Good", "speaker": 0, "speaker_confidence": 0.8,
+                         "language": "en"},
                         {"word": "morning", "start": 4.6, "end": 5.1, "confidence": 0.97},
                     ],
                 },
@@ -117,7 +125,7 @@ def test_a_deepgram_results_frame_with_fields_we_do_not_send_decodes() -> None:
         transcript="Good morning.",
         confidence=0.98,
         words=(
-            Word("good", 4.3, 4.6, 0.99, "Good"),
+            Word("good", 4.3, 4.6, 0.99, "Good", speaker=0, speaker_confidence=0.8),
             Word("morning", 4.6, 5.1, 0.97, "morning"),  # no punctuated_word: the word
         ),
     )
