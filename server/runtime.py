@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -38,18 +39,6 @@ class Drainable(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once (the drain timeout passed)."""
-
-
-def session_config(settings: Settings) -> SessionConfig:
-    """Each session's configuration, from the server's stream and limit settings."""
-    stream = settings.stream
-    return SessionConfig(
-        endpointing_ms=stream.endpointing_ms,
-        max_utterance_ms=int(stream.max_utterance_s * 1000),
-        interim_interval_ms=stream.interim_interval_ms,
-        first_interim_ms=stream.first_interim_ms,
-        max_pending_finals=settings.limits.max_pending_finals,
-    )
 
 
 class Phase(enum.Enum):
@@ -107,6 +96,11 @@ class Runtime:
     classifier_factory: Callable[[], SpeechClassifier] | None = None
     speakers: Speakers = field(default_factory=Speakers)
     connections: set[Drainable] = field(default_factory=set)
+
+    @functools.cached_property
+    def session_config(self) -> SessionConfig:
+        """Every session's configuration, built once from the stream and limit settings."""
+        return self.settings.stream.session_config(self.settings.limits)
 
     @property
     def max_sessions(self) -> int:

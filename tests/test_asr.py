@@ -13,9 +13,9 @@ import pytest
 
 from server.asr import DecodeOptions, WhisperEngine
 from server.transcription import AsrRequest
-from tests.conftest import SHARED_DIR
+from tests.support.paths import SHARED_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration  # the real tiny.en model
 
 DEV = SHARED_DIR / "speech-dev"
 

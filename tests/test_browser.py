@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-import socket
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, ServerProcess
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
+from tests.support.server import ServerProcess
 from tests.test_clients_file import self_signed_cert
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -19,7 +20,6 @@ CAPTION_TIMEOUT_MS = 120_000
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.slow,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
@@ -170,9 +170,7 @@ def test_page_reconnects_and_keeps_the_transcript(
 ) -> None:
     from playwright.sync_api import Page
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     first = server_factory("--port", str(port))
     page, _ = open_page(browser, first)
     assert isinstance(page, Page)

@@ -22,7 +22,8 @@ from cache.store import default_cache_dir
 from server.protocol import ModelInfo, Results, StreamOptions, to_json
 from server.session import Label, Send, Session, SessionConfig, Transcribe
 from server.transcription import AsrResult, AsrWord
-from tests.conftest import AUDIO_DIR, ServerProcess
+from tests.support.paths import AUDIO_DIR
+from tests.support.server import ServerProcess
 from tests.wsclient import chunks, read_wav
 from vad.webrtc import WebRtcClassifier
 
@@ -113,7 +114,7 @@ def conversation() -> tuple[bytes, list[tuple[float, float, str]]]:
     return bytes(pcm), turns
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_speakers_through_the_deepgram_sdk(server_factory: Any, speaker_weights: Path) -> None:
     from deepgram import DeepgramClient
     from deepgram.environment import DeepgramClientEnvironment
@@ -155,7 +156,7 @@ def test_two_speakers_through_the_deepgram_sdk(server_factory: Any, speaker_weig
     assert all(0.0 <= w["speaker_confidence"] <= 1.0 for w in extra)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 async def test_diarize_without_speaker_weights_is_refused(
     server_factory: Any, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from server.protocol import (
 )
 from server.session import Action, Close, Send, Session, SessionConfig, State, Transcribe
 from server.transcription import AsrResult, AsrWord
-from tests.conftest import AUDIO_DIR
+from tests.support.paths import AUDIO_DIR
 from tests.wsclient import chunks, pcm16, read_wav
 from vad.webrtc import WebRtcClassifier
 
