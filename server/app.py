@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from server import serving
+from server import resources, serving
 from server.asr import DecodeOptions, EngineError, WhisperEngine, resolve_device
 from server.config import (
     BUILTIN_MODEL,
@@ -114,6 +114,23 @@ def manifest_model_name(model_dir: Path) -> str:
     return Manifest.decode((model_dir / MANIFEST_NAME).read_bytes()).model
 
 
+def session_cap(settings: Settings) -> int:
+    """--max-sessions, or as many as the descriptor limit (raised to its hard limit) and the
+    memory hold; logged either way."""
+    fd_limit = resources.raise_fd_limit()
+    memory = resources.memory_bytes()
+    capacity = resources.session_capacity(fd_limit, memory)
+    chosen = settings.limits.max_sessions or capacity
+    log.info(
+        "session limit %d (resources hold %d: %d descriptors, %s of memory)",
+        chosen,
+        capacity,
+        fd_limit,
+        f"{memory / 2**30:.1f} GiB" if memory else "unknown",
+    )
+    return chosen
+
+
 def speaker_weights(settings: Settings) -> Path | None:
     """The speaker encoder's weights for diarize=true: --speaker-model, else the copy that
     `python -m cache fetch resemblyzer-encoder` left in the cache, else none (diarize=true
@@ -178,7 +195,7 @@ def _announce(line: str) -> None:
 
 async def serve(settings: Settings) -> int:
     """Run the server until a signal; return the process exit code."""
-    runtime = Runtime(settings=settings)
+    runtime = Runtime(settings=settings, session_cap=session_cap(settings))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0

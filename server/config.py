@@ -111,7 +111,8 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    max_sessions: int = 64
+    max_sessions: int | None = None
+    """None: auto, from the descriptor limit and the memory (server/resources.py)."""
     max_frame_bytes: int = 1 << 20
     max_session_s: float = 4 * 3600.0
     idle_timeout_s: float = 10.0
@@ -473,7 +474,14 @@ _FLAGS: tuple[_Flag, ...] = (
         "no context across a silence longer than this (0: no limit)",
         none_means="no limit",
     ),
-    _Flag("max-sessions", "limits", "max_sessions", _positive_int, "concurrent sessions"),
+    _Flag(
+        "max-sessions",
+        "limits",
+        "max_sessions",
+        _auto(_positive_int),
+        "concurrent sessions (auto: what the descriptor limit and the memory hold)",
+        none_means="auto",
+    ),
     _Flag("max-frame-bytes", "limits", "max_frame_bytes", _positive_int, "largest frame"),
     _Flag("max-session-s", "limits", "max_session_s", _positive_float, "longest session"),
     _Flag("idle-timeout-s", "limits", "idle_timeout_s", _positive_float, "close idle sessions"),

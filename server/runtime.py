@@ -102,9 +102,12 @@ class Runtime:
         """Every session's configuration, built once from the stream and limit settings."""
         return self.settings.stream.session_config(self.settings.limits)
 
+    session_cap: int = 64
+    """The session limit: --max-sessions, or what the resources hold (set at startup)."""
+
     @property
     def max_sessions(self) -> int:
-        return self.settings.limits.max_sessions
+        return self.session_cap
 
     @property
     def ready(self) -> bool:
