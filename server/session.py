@@ -156,6 +156,8 @@ class SessionConfig:
     max_utterance_ms: int = 25_000
     interim_interval_ms: int = 700
     first_interim_ms: int = 500
+    interim_min_speech_ms: int = 300
+    """An interim is asked for only when this much new speech came since the last one."""
     max_pending_finals: int = 8
     speculate_ms: int | None = 240
     """Silence after which an open utterance's final is asked for early (None: never)."""
@@ -175,6 +177,8 @@ class _Open:
     start_frame: int
     onset_frame: int
     last_interim_frame: int | None = None
+    voiced_frames: int = 0
+    voiced_at_last_interim: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,8 @@ class Session:
             self._frames.append(frame)
             is_speech = self.classifier.is_speech(frame)
             self._silent_frames = 0 if is_speech else self._silent_frames + 1
+            if is_speech and self._open is not None:
+                self._open.voiced_frames += 1
             for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
                 actions += self._on_vad_event(event)
             actions += self._maybe_speculate(is_speech)
@@ -429,7 +435,13 @@ class Session:
         if isinstance(event, VadSpeechStarted):
             if self._adaptive:
                 self._segmenter.set_endpointing_ms(self._endpointing_ms)
-            self._open = _Open(next(self._utterances), event.start_frame, event.onset_frame)
+            self._open = _Open(
+                next(self._utterances),
+                event.start_frame,
+                event.onset_frame,
+                # The onset window is mostly voice (that is what opened it).
+                voiced_frames=self._segmenter.frames_seen - event.onset_frame,
+            )
             if self.options.vad_events:
                 return [Send(SpeechStarted(event.onset_frame * self._frame_s))]
             return []
@@ -697,9 +709,11 @@ class Session:
             due = opened.onset_frame + self._frames_for(self.config.first_interim_ms)
         else:
             due = opened.last_interim_frame + self._frames_for(self.config.interim_interval_ms)
-        if now < due:
-            return []
+        new_speech = opened.voiced_frames - opened.voiced_at_last_interim
+        if now < due or new_speech < self._frames_for(self.config.interim_min_speech_ms):
+            return []  # not yet, or nothing new to say: a pause inside the utterance
         opened.last_interim_frame = now
+        opened.voiced_at_last_interim = opened.voiced_frames
         ticket = next(self._tickets)
         self._interim_ticket = ticket
         self._interim_for = _InterimTarget(opened.index, now)
