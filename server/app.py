@@ -152,6 +152,10 @@ def classifier_factory(settings: Settings) -> Callable[[], SpeechClassifier]:
         from vad.silero import SileroClassifier
 
         return SileroClassifier
+    if settings.stream.vad == "either":
+        from vad.either import EitherClassifier
+
+        return EitherClassifier
     from vad.webrtc import WebRtcClassifier
 
     return WebRtcClassifier

@@ -431,7 +431,13 @@ _FLAGS: tuple[_Flag, ...] = (
         f"({MIN_PACK_WINDOW_S:g}-{MAX_PACK_WINDOW_S:g}; 0: off; auto: 30 on CPU, off on CUDA)",
         none_means="auto",
     ),
-    _Flag("vad", "stream", "vad", _choice("webrtc", "silero"), "voice activity detector"),
+    _Flag(
+        "vad",
+        "stream",
+        "vad",
+        _choice("webrtc", "silero", "either"),
+        "voice activity detector (either: speech when WebRTC or Silero says so)",
+    ),
     _Flag("endpointing-ms", "stream", "endpointing_ms", _positive_int, "default trailing silence"),
     _Flag("max-utterance-s", "stream", "max_utterance_s", _positive_float, "cut longer speech"),
     _Flag(
