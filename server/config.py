@@ -80,7 +80,8 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    vad: str = "webrtc"
+    vad: str = "either"
+    """webrtc, silero, or either (speech when one of them says so: see vad/either.py)."""
     endpointing_ms: int = 500
     max_utterance_s: float = 25.0
     interim_interval_ms: int = 700
