@@ -21,6 +21,8 @@ MIN_UTTERANCE_END_MS = 1_000
 G711_RATE_HZ = 8_000
 
 Encoding = Literal["linear16", "mulaw", "alaw"]
+Task = Literal["transcribe", "translate"]
+_TASKS: dict[str, Task] = {"transcribe": "transcribe", "translate": "translate"}
 _ENCODINGS: dict[str, Encoding] = {
     "linear16": "linear16",
     "pcm_s16le": "linear16",
@@ -89,6 +91,11 @@ class StreamOptions:
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
     language: str | None = None
+    """None: detected per utterance (a multilingual model's default, and `multi`/`auto`)."""
+    report_languages: bool = False
+    """`language=multi`/`auto`: results name the languages heard (`languages`, per word)."""
+    task: Task = "transcribe"
+    """translate: English text whatever is spoken (multilingual models only)."""
     interim_results: bool = False
     endpointing_ms: int | None = None
     """None: the server's default; see `endpointing_off`."""
@@ -158,6 +165,7 @@ def parse_options(
         channels = _parse_int("channels", raw, 1, 2)
 
     language: str | None = None
+    report_languages = False
     if (raw := _one(query, "language")) is not None and raw.strip():
         language = normalize_language(raw)
         if language == "auto" or language == "multi":
@@ -166,10 +174,21 @@ def parse_options(
                     "language", "automatic language detection needs a multilingual model"
                 )
             language = None
+            report_languages = True
         elif language not in languages:
             shown = ", ".join(sorted(languages)[:12])
             raise InvalidParameter(
                 "language", f"{raw!r} is not supported by the loaded model (supported: {shown})"
+            )
+
+    task: Task = "transcribe"
+    if (raw := _one(query, "task")) is not None:
+        if raw.strip().lower() not in _TASKS:
+            raise InvalidParameter("task", f"expected transcribe or translate, got {raw!r}")
+        task = _TASKS[raw.strip().lower()]
+        if task == "translate" and not multilingual:
+            raise InvalidParameter(
+                "task", "translation needs a multilingual model (this one is English-only)"
             )
 
     interim = False
@@ -208,6 +227,8 @@ def parse_options(
         sample_rate_hz=sample_rate,
         channels=channels,
         language=language,
+        report_languages=report_languages,
+        task=task,
         interim_results=interim,
         endpointing_ms=endpointing_ms,
         endpointing_off=endpointing_off,
@@ -298,6 +319,8 @@ class Word:
     end_s: float
     confidence: float
     punctuated_word: str
+    language: str | None = None
+    """Sent only when not None (`language=multi`/`auto` streams)."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +335,8 @@ class Results:
     transcript: str
     confidence: float
     words: tuple[Word, ...]
+    languages: tuple[str, ...] | None = None
+    """The languages heard, most words first; sent only when not None."""
 
 
 @dataclass(frozen=True)
@@ -346,6 +371,19 @@ def _r(value: float, digits: int = 3) -> float:
     return round(value, digits) if math.isfinite(value) else 0.0
 
 
+def _word(word: Word) -> dict[str, object]:
+    data: dict[str, object] = {
+        "word": word.word,
+        "start": _r(word.start_s),
+        "end": _r(word.end_s),
+        "confidence": _r(word.confidence, 4),
+        "punctuated_word": word.punctuated_word,
+    }
+    if word.language is not None:
+        data["language"] = word.language
+    return data
+
+
 def to_json(message: ServerMessage) -> str:
     """Encode a server event as the JSON text frame PROTOCOL.md specifies."""
     data: dict[str, object]
@@ -363,16 +401,8 @@ def to_json(message: ServerMessage) -> str:
                     {
                         "transcript": message.transcript,
                         "confidence": _r(message.confidence, 4),
-                        "words": [
-                            {
-                                "word": w.word,
-                                "start": _r(w.start_s),
-                                "end": _r(w.end_s),
-                                "confidence": _r(w.confidence, 4),
-                                "punctuated_word": w.punctuated_word,
-                            }
-                            for w in message.words
-                        ],
+                        "words": [_word(w) for w in message.words],
+                        **({} if message.languages is None else {"languages": message.languages}),
                     }
                 ]
             },
