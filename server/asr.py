@@ -249,7 +249,14 @@ class WhisperEngine:
             raise EngineError(f"could not load the model in {model_dir}: {exc}") from exc
         self._ct2: Any = self._model.model
         self.multilingual = bool(self._ct2.is_multilingual)
-        self.languages: tuple[str, ...] = tuple(self._model.supported_languages)
+        # faster-whisper names every code it knows (100); a model has tokens for its own
+        # (Whisper before large-v3 has no <|yue|>).
+        vocabulary = self._model.hf_tokenizer
+        self.languages: tuple[str, ...] = tuple(
+            code
+            for code in self._model.supported_languages
+            if not self.multilingual or vocabulary.token_to_id(f"<|{code}|>") is not None
+        )
         self.default_language = None if self.multilingual else "en"
         self._tokenizers: dict[tuple[str, Task], Tokenizer] = {}
         self._suppress: dict[str, list[int]] = {}
