@@ -37,6 +37,8 @@ class Results:
     transcript: str
     confidence: float
     words: tuple[Word, ...]
+    languages: tuple[str, ...] = ()
+    """The languages heard, most words first (sent for `language=multi` streams)."""
 
     @property
     def end_s(self) -> float:
@@ -110,6 +112,12 @@ def _words(raw: Any) -> tuple[Word, ...]:
     return tuple(words)
 
 
+def _languages(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(str(code) for code in raw if isinstance(code, str))
+
+
 def _results(data: dict[str, Any]) -> Results:
     channel = data.get("channel")
     alternatives = channel.get("alternatives") if isinstance(channel, dict) else None
@@ -125,6 +133,7 @@ def _results(data: dict[str, Any]) -> Results:
         transcript=str(best.get("transcript", "")),
         confidence=_number(best.get("confidence")),
         words=_words(best.get("words")),
+        languages=_languages(best.get("languages")),
     )
 
 
