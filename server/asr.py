@@ -465,21 +465,22 @@ class WhisperEngine:
         unchanged = True
         for k, (item, detected) in enumerate(zip(items, self._detect(items, encoded), strict=True)):
             request = item.request
+            extent = packing.speech_extent_s(_without_context(request).audio)
+            speech_s = extent[1] - extent[0] if extent else 0.0
             choice = choose(
                 detected,
                 expected=request.expected_language,
-                utterance_s=request.utterance_s,
+                speech_s=speech_s,
                 policy=self.language_policy,
             )
-            if choice.language != detected[0][0]:  # CTranslate2 lists the likeliest first
-                log.debug(
-                    "kept %s over %s (p %.2f vs %.2f) for %.1f s of speech",
-                    choice.language,
-                    detected[0][0],
-                    choice.probability,
-                    detected[0][1],
-                    request.utterance_s,
-                )
+            log.debug(
+                "heard %s (p %.3f), stream's %s (p %.4f), %.1f s of speech: decoding in %s",
+                *detected[0],  # CTranslate2 lists the likeliest first
+                request.expected_language,
+                dict(detected).get(request.expected_language or "", 0.0),
+                speech_s,
+                choice.language,
+            )
             if item.prefix and choice.language != request.expected_language:
                 item = items[k] = self._single(item.index, request, alone=True)
                 unchanged = False
