@@ -44,6 +44,10 @@ MAX_DECODER_POSITIONS = 448
 MAX_PREFIX_TOKENS = 160
 """Forced prefix tokens a request may carry: with hot words and the output budget of a
 25 s utterance the decoder's 448 positions are full."""
+LOST_SPEECH_S = 0.8
+"""Speech at either end of an utterance decoded after a context, without words, that has it
+decoded again alone: whisper-base stopped 0.8 s short of a Spanish final's end ("... en el
+archivo de", without "mi imaginación")."""
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -573,9 +577,8 @@ class WhisperEngine:
         times = [
             (max(0.0, w.start_s - context_s), max(0.0, w.end_s - context_s)) for w in result.words
         ]
-        return packing.needs_redo(
-            times, packing.speech_extent_s(_without_context(item.request).audio)
-        )
+        extent = packing.speech_extent_s(_without_context(item.request).audio)
+        return packing.needs_redo(times, extent, max_missing_s=LOST_SPEECH_S)
 
     def _needs_fallback(self, item: _Item) -> bool:
         opts = self.decode
