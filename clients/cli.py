@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clients.console import LiveConsole
-from clients.events import ErrorMessage, Results, ServerMessage
 from clients.formats import OUTPUT_FORMATS, OutputFormat, TranscriptWriter
 from clients.stream import DEFAULT_URL, StreamConfig
+from server.protocol import DecodedMessage, Error, Results
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -112,8 +112,8 @@ class CaptionRouter:
             self._target.write(text)
             self._target.flush()
 
-    def handle(self, message: ServerMessage, raw: str, offset_s: float = 0.0) -> None:
-        if isinstance(message, ErrorMessage):
+    def handle(self, message: DecodedMessage, raw: str, offset_s: float = 0.0) -> None:
+        if isinstance(message, Error):
             self.status(f"server error {message.code}: {message.message}")
         elif isinstance(message, Results) and self._console is not None:
             if message.is_final:

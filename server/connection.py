@@ -1,4 +1,11 @@
-"""Thin glue between one websocket and one Session; the ONE place errors become close codes."""
+"""Thin glue between one WebSocket and one Session; the ONE place errors become close codes.
+
+A `Connection` reads frames, decodes audio (off the event loop for containers), feeds the
+pure `Session`, carries out its actions (transcriptions through the scheduler, messages
+through the `Outbox`) and enforces the per-connection limits: idle time, session length,
+control-frame rate, unread results. It reads no further while the session's finals backlog
+is full, so a client cannot queue unbounded work.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from server.audio import AudioDecodeError, StreamDecoder, decoder_for
+from server.limits import RateLimiter, Refusal, admission
+from server.outbox import Outbox
 from server.protocol import (
     CloseStream,
     Error,
@@ -26,29 +31,20 @@ from server.protocol import (
     ProtocolError,
     Results,
     ServerMessage,
-    StreamOptions,
     parse_control,
-    parse_options,
-    query_of,
     to_json,
 )
 from server.runtime import Phase, Runtime, model_info
 from server.scheduler import Job
-from server.session import (
-    Action,
-    Cancel,
-    Close,
-    Promote,
-    Send,
-    Session,
-    SessionConfig,
-    Transcribe,
-)
+from server.session import Action, Cancel, Close, Label, Promote, Send, Session, Transcribe
 from server.transcription import AsrRequest, AsrResult
+from server.websocket import Disconnected, WebSocket
+
+if TYPE_CHECKING:
+    from server.speakers.cluster import SpeakerTracker
 
 log = logging.getLogger(__name__)
 
-_MAX_QUEUED_INTERIMS = 4
 _CLOSE_WAIT_S = 5.0
 
 
@@ -63,31 +59,22 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
-@dataclass
-class _Outgoing:
-    text: str | None
-    final: bool
-    close: Close | None = None
-
-
-def options_for(runtime: Runtime, path: str) -> StreamOptions:
-    """Parse the handshake query against the loaded model (raises InvalidParameter)."""
-    engine = runtime.engine
-    languages = engine.languages if engine else ("en",)
-    multilingual = engine.multilingual if engine else False
-    return parse_options(query_of(path), languages=languages, multilingual=multilingual)
+async def serve_listen(runtime: Runtime, ws: WebSocket) -> None:
+    """The /v1/listen session handler (the socket is accepted)."""
+    await Connection(runtime, ws).run()
 
 
 class Connection:
     """Runs one session: reads frames, feeds the Session, sends its events, enforces limits."""
 
-    def __init__(self, runtime: Runtime, ws: ServerConnection) -> None:
+    def __init__(self, runtime: Runtime, ws: WebSocket) -> None:
         self.runtime = runtime
         self.ws = ws
         self.request_id = str(uuid.uuid4())
         self.log = SessionLog(log, {"request_id": self.request_id})
         self._loop = asyncio.get_running_loop()
-        self._out: deque[_Outgoing] = deque()
+        limits = runtime.settings.limits
+        self._outbox: Outbox[Close] = Outbox(max_finals=limits.max_outgoing_finals)
         self._out_ready = asyncio.Event()
         self._backlog_ok = asyncio.Event()
         self._backlog_ok.set()
@@ -96,52 +83,56 @@ class Connection:
         self._closer: asyncio.Task[None] | None = None
         self._submitted_s: dict[int, tuple[float, bool]] = {}
         self._jobs: dict[int, Job[AsrRequest, AsrResult]] = {}
-        self._finals_queued = 0
-        self._control_tokens = runtime.settings.limits.max_control_per_s
-        self._control_stamp = time.monotonic()
+        self._control = RateLimiter.per_second(limits.max_control_per_s, time.monotonic())
         self.session: Session | None = None
         self.decoder: StreamDecoder | None = None
+        self._tracker: SpeakerTracker | None = None
+        self._labeller: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ Drainable
+
+    def drain(self) -> None:
+        """Server shutdown: finalize what is open, then close with 1001."""
+        if self.session is not None:
+            self._apply(self.session.shutdown())
+
+    async def closed(self) -> None:
+        await self.ws.wait_gone()
+
+    def abort(self) -> None:
+        self.ws.abort()
 
     # ------------------------------------------------------------------ entry
 
     async def run(self) -> None:
         rt = self.runtime
-        limits = rt.settings.limits
         started = time.monotonic()
         if rt.model is None or rt.classifier_factory is None:
             await self._refuse_unready()
             return
-        request = self.ws.request
-        assert request is not None
+        from server.http import options_for
+
         try:
-            options = options_for(rt, request.path)
+            options = options_for(rt, self.ws.target)
         except InvalidParameter as exc:
             # Only when the handshake began while the model was loading (not validated then).
             await self._refuse_unready(
                 f"{exc.name}: {exc.message}", "INVALID_MESSAGE", CloseCode.POLICY_VIOLATION
             )
             return
-        stream = rt.settings.stream
         self.decoder = decoder_for(options)
         self.session = Session(
             request_id=self.request_id,
             options=options,
-            config=SessionConfig(
-                endpointing_ms=stream.endpointing_ms,
-                max_utterance_ms=int(stream.max_utterance_s * 1000),
-                interim_interval_ms=stream.interim_interval_ms,
-                first_interim_ms=stream.first_interim_ms,
-                max_pending_finals=limits.max_pending_finals,
-            ),
+            config=rt.session_config,
             classifier=rt.classifier_factory(),
             model=rt.model,
         )
         refusal = self._admission()
         if refusal is not None:
-            error_code, message, close_code = refusal
-            rt.metrics.refused_total.labels(error_code.lower()).inc()
-            self.log.info("refused: %s", error_code)
-            self._apply(self.session.fail(error_code, message, close_code))
+            rt.metrics.refused_total.labels(refusal.code.lower()).inc()
+            self.log.info("refused: %s", refusal.code)
+            self._apply(self.session.fail(refusal.code, refusal.message, refusal.close_code))
             await asyncio.gather(self._send_loop(), self._discard_incoming())
             return
         rt.connections.add(self)
@@ -180,28 +171,33 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self._closer
             watcher.cancel()
+            if self._labeller is not None:
+                self._labeller.cancel()
             self.decoder.close()
             if rt.scheduler is not None:
                 rt.scheduler.cancel_session(self.request_id)
             rt.connections.discard(self)
             rt.metrics.sessions_active.dec()
             rt.metrics.audio_seconds_total.inc(self.session.counters.audio_s)
-            # The code this end sent (websockets itself sends 1009 for an oversized frame
-            # and may drop the TCP connection before the echo arrives), else the peer's.
-            sent = self.ws.protocol.close_sent
-            code = self._close_code or (sent.code if sent else None) or self.ws.close_code or 1006
-            rt.metrics.closes_total.labels(str(code)).inc()
-            counters = self.session.counters
-            self.log.info(
-                "session end: duration_s=%.1f audio_s=%.1f utterances=%d finals=%d "
-                "interims=%d close_code=%s",
-                time.monotonic() - started,
-                counters.audio_s,
-                counters.utterances,
-                counters.finals,
-                counters.interims,
-                code,
-            )
+            self._log_end(started)
+
+    def _log_end(self, started: float) -> None:
+        assert self.session is not None
+        # The code this end sent (the WebSocket layer itself sends 1009 for an oversized
+        # frame and may drop the TCP connection before the echo arrives), else the peer's.
+        code = self._close_code or self.ws.close_sent or self.ws.close_code or 1006
+        self.runtime.metrics.closes_total.labels(str(code)).inc()
+        counters = self.session.counters
+        self.log.info(
+            "session end: duration_s=%.1f audio_s=%.1f utterances=%d finals=%d "
+            "interims=%d close_code=%s",
+            time.monotonic() - started,
+            counters.audio_s,
+            counters.utterances,
+            counters.finals,
+            counters.interims,
+            code,
+        )
 
     async def _refuse_unready(
         self,
@@ -218,35 +214,21 @@ class Connection:
             channels=1,
             model=self.runtime.model or model_info(self.runtime.settings.model.model, "loading"),
         )
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(to_json(Error(code, message)))
-            await self.ws.send(to_json(metadata))
+        with contextlib.suppress(Disconnected):
+            await self.ws.send_text(to_json(Error(code, message)))
+            await self.ws.send_text(to_json(metadata))
         await self._close(close_code, code)
 
-    def _admission(self) -> tuple[ErrorCode, str, CloseCode] | None:
+    def _admission(self) -> Refusal | None:
         rt = self.runtime
-        if rt.phase is Phase.DRAINING:
-            return (
-                "SHUTTING_DOWN",
-                "the server is shutting down; reconnect",
-                CloseCode.GOING_AWAY,
-            )
-        if len(rt.connections) >= rt.settings.limits.max_sessions:
-            return (
-                "SESSION_LIMIT",
-                f"the server is at its limit of {rt.settings.limits.max_sessions} sessions; "
-                "retry later or on another server",
-                CloseCode.TRY_AGAIN_LATER,
-            )
         assert rt.scheduler is not None
-        wait_s = rt.scheduler.estimated_final_wait_s()
-        if wait_s > rt.settings.scheduler.max_queue_wait_s:
-            return (
-                "OVERLOADED",
-                f"the server is overloaded (estimated wait {wait_s:.1f} s); retry later",
-                CloseCode.TRY_AGAIN_LATER,
-            )
-        return None
+        return admission(
+            draining=rt.phase is Phase.DRAINING,
+            sessions=len(rt.connections),
+            max_sessions=rt.max_sessions,
+            estimated_wait_s=rt.scheduler.estimated_final_wait_s(),
+            max_wait_s=rt.settings.scheduler.max_queue_wait_s,
+        )
 
     # ------------------------------------------------------------------ reading
 
@@ -262,7 +244,7 @@ class Connection:
                 continue
             now = time.monotonic()
             if now >= session_deadline:
-                # Checked here too: recv() never times out while frames are buffered.
+                # Checked here too: a flooding client always has a frame ready.
                 self._fail(
                     "SESSION_TOO_LONG",
                     f"sessions are limited to {limits.max_session_s:.0f} s; reconnect",
@@ -271,7 +253,7 @@ class Connection:
             idle_s = limits.idle_timeout_s
             try:
                 async with asyncio.timeout(min(idle_s, session_deadline - now)):
-                    frame = await self.ws.recv()
+                    frame = await self.ws.receive()
             except TimeoutError:
                 if not self.session.open:
                     return False
@@ -282,14 +264,14 @@ class Connection:
                     f"no audio or KeepAlive for {idle_s:g} s; send KeepAlive while silent",
                 )
                 return False
-            except ConnectionClosed:
+            except Disconnected:
                 return self._close_code is None
             if isinstance(frame, bytes):
                 await self._on_audio(frame)
             else:
                 await self._on_text(frame)
-            # recv() returns without yielding while frames are buffered: yield once per
-            # frame so that this session's sender and the other sessions get their turn.
+            # A burst of buffered frames is read without a pause: yield once per frame so
+            # that this session's sender and the other sessions get their turn.
             await asyncio.sleep(0)
         return False
 
@@ -299,7 +281,7 @@ class Connection:
         A reader paused on a full backlog would otherwise notice only when the queued
         finals of a client that is no longer there have been transcribed.
         """
-        await self.ws.wait_closed()
+        await self.ws.wait_gone()
         self._closed.set()
         self._backlog_ok.set()
         self._out_ready.set()
@@ -307,14 +289,14 @@ class Connection:
     async def _discard_incoming(self) -> bool:
         """Read and drop frames until the connection closes; True when the client closed it.
 
-        Frames left unread fill websockets' queue, which then stops reading the socket, and
-        a client still sending would never have its close frame seen: our close would wait
-        for the timeout and abort.
+        Frames left unread would stop the server reading the socket, and a client still
+        sending would never have its close frame seen: our close would wait for the
+        timeout and abort.
         """
         while True:
             try:
-                await self.ws.recv()
-            except ConnectionClosed:
+                await self.ws.receive()
+            except Disconnected:
                 return self._close_code is None
 
     async def _on_audio(self, data: bytes) -> None:
@@ -322,8 +304,7 @@ class Connection:
         try:
             samples = await self.decoder.feed(data)
         except AudioDecodeError as exc:
-            self._apply(self.session.feed_samples(exc.samples))
-            self._apply(self.session.fail("INVALID_AUDIO", str(exc), CloseCode.INVALID_DATA))
+            self._invalid_audio(exc)
             return
         self._apply(self.session.feed_samples(samples))
 
@@ -333,24 +314,21 @@ class Connection:
         try:
             tail = await self.decoder.finish()
         except AudioDecodeError as exc:
-            self._apply(self.session.feed_samples(exc.samples))
-            self._apply(self.session.fail("INVALID_AUDIO", str(exc), CloseCode.INVALID_DATA))
+            self._invalid_audio(exc)
             return
         if tail.warning is not None:
             self._enqueue(Error("INVALID_AUDIO", tail.warning))
         self._apply(self.session.feed_samples(tail.samples))
 
+    def _invalid_audio(self, exc: AudioDecodeError) -> None:
+        assert self.session is not None
+        self._apply(self.session.feed_samples(exc.samples))
+        self._apply(self.session.fail("INVALID_AUDIO", str(exc), CloseCode.INVALID_DATA))
+
     async def _on_text(self, text: str) -> None:
         assert self.session is not None
-        limits = self.runtime.settings.limits
-        now = time.monotonic()
-        rate = limits.max_control_per_s
-        self._control_tokens = min(
-            2 * rate, self._control_tokens + (now - self._control_stamp) * rate
-        )
-        self._control_stamp = now
-        self._control_tokens -= 1
-        if self._control_tokens < -rate:
+        if not self._control.take(time.monotonic()):
+            rate = self.runtime.settings.limits.max_control_per_s
             self._fail(
                 "RATE_LIMITED",
                 f"more than {rate:g} text frames per second; send audio as binary frames",
@@ -382,8 +360,10 @@ class Connection:
                 self._submit(action)
             elif isinstance(action, Promote | Cancel):
                 self._steer(action)
+            elif isinstance(action, Label):
+                self._labeller = self._loop.create_task(self._label(action))
             else:
-                self._out.append(_Outgoing(None, True, action))
+                self._outbox.push_close(action)
                 self._out_ready.set()
         if not self.session.backlog_full:
             self._backlog_ok.set()
@@ -391,7 +371,7 @@ class Connection:
     def _submit(self, action: Transcribe) -> None:
         scheduler = self.runtime.scheduler
         engine = self.runtime.engine
-        assert scheduler is not None and engine is not None and self.session is not None
+        assert scheduler is not None and engine is not None
         request = action.request
         if not action.speculative:
             self._submitted_s[action.ticket] = (time.monotonic(), request.final)
@@ -405,11 +385,37 @@ class Connection:
             self.request_id,
             request,
             final=request.final,
-            batch_key=(request.language, request.hotwords, request.final),
+            batch_key=(request.language, request.hotwords, request.final, request.task),
             on_done=done,
             speculative=action.speculative,
             cost=engine.pack_cost_s(request),
         )
+
+    async def _label(self, action: Label) -> None:
+        """The talkers of a final's words, found off the event loop (about 13 ms of CPU
+        per second of audio); the session asks for one final at a time, in order."""
+        assert self.session is not None
+        try:
+            labels = await asyncio.to_thread(self._assign, action)
+        except Exception:
+            self.log.exception("speaker assignment failed")
+            self._apply(
+                self.session.fail(
+                    "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
+                )
+            )
+            return
+        self._apply(self.session.on_speakers(action.ticket, labels))
+
+    def _assign(self, action: Label) -> list[tuple[int, float]]:
+        if self._tracker is None:
+            from server.speakers.cluster import SpeakerTracker
+
+            self._tracker = SpeakerTracker(self.runtime.speakers.encoder())
+        return [
+            (label.speaker, label.confidence)
+            for label in self._tracker.assign(action.audio, action.word_spans_s)
+        ]
 
     def _steer(self, action: Promote | Cancel) -> None:
         scheduler = self.runtime.scheduler
@@ -445,29 +451,29 @@ class Connection:
         metrics = self.runtime.metrics
         if isinstance(message, Error):
             metrics.errors_total.labels(message.code).inc()
+        if isinstance(message, Metadata):
+            self._outbox.push_unbounded(to_json(message))
+            self._out_ready.set()
+            return
         interim = isinstance(message, Results) and not message.is_final
-        if interim:
-            queued = sum(1 for o in self._out if not o.final)
-            if queued >= _MAX_QUEUED_INTERIMS:
-                metrics.interims_dropped.inc()
-                return
-        else:
-            limit = self.runtime.settings.limits.max_outgoing_finals
-            if self._finals_queued >= limit and not isinstance(message, Metadata):
-                self.log.warning("client is not reading; closing")
-                self._out.clear()
-                self._finals_queued = 0
-                assert self.session is not None
-                self.session.client_gone()
-                # The sender may be stuck in send() on a full socket: close from here, so
-                # that _close's timeout aborts the transport and so unblocks the sender.
-                self._closer = self._loop.create_task(
-                    self._close(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT")
-                )
-                return
-            self._finals_queued += 1
-        self._out.append(_Outgoing(to_json(message), not interim))
+        verdict = self._outbox.push(to_json(message), interim=interim)
+        if verdict == "dropped":
+            metrics.interims_dropped.inc()
+        elif verdict == "overflow":
+            self._slow_client()
         self._out_ready.set()
+
+    def _slow_client(self) -> None:
+        """The client leaves its results unread: drop them and close the session."""
+        assert self.session is not None
+        self.log.warning("client is not reading; closing")
+        self._outbox.clear()
+        self.session.client_gone()
+        # The sender may be stuck in send() on a full socket: close from here, so that
+        # _close's timeout aborts the transport and so unblocks the sender.
+        self._closer = self._loop.create_task(
+            self._close(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT")
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -475,17 +481,14 @@ class Connection:
         while True:
             await self._out_ready.wait()
             self._out_ready.clear()
-            while self._out:
-                item = self._out.popleft()
-                if item.final:
-                    self._finals_queued = max(0, self._finals_queued - 1)
+            while (item := self._outbox.pop()) is not None:
                 if item.close is not None:
                     await self._close(item.close.code, item.close.reason)
                     return
                 assert item.text is not None
                 try:
-                    await self.ws.send(item.text)
-                except ConnectionClosed:
+                    await self.ws.send_text(item.text)
+                except Disconnected:
                     self._closed.set()
                     return
             if self._closed.is_set():
@@ -498,15 +501,7 @@ class Connection:
         self._out_ready.set()
         try:
             async with asyncio.timeout(_CLOSE_WAIT_S):
-                await self.ws.close(code, reason[:100])
-        except (TimeoutError, ConnectionClosed):
-            transport = self.ws.transport
-            if transport is not None:
-                transport.abort()
-
-    # ------------------------------------------------------------------ drain
-
-    def drain(self) -> None:
-        """Server shutdown: finalize what is open, then close with 1001."""
-        if self.session is not None:
-            self._apply(self.session.shutdown())
+                await self.ws.close(code, reason)
+                await self.ws.wait_gone()
+        except TimeoutError:
+            self.ws.abort()

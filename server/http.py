@@ -1,77 +1,130 @@
-"""HTTP on the WebSocket port: health, readiness, metrics, models, web page, handshake checks."""
+"""The ASGI application on the one port: a small router for HTTP and WebSocket requests.
+
+HTTP: /healthz, /readyz, /metrics, /v1/models, the captioning page (static files), and the
+REST APIs (`server.rest`). WebSocket: /v1/listen (Deepgram live) and /v1/realtime (OpenAI
+Realtime transcription). Authentication, origins and the handshake's query parameters are
+checked before a WebSocket is accepted; a refusal is a plain HTTP answer with a JSON body
+naming what is wrong. Anything else is a 404 (405 for a known path and a wrong method).
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
 import mimetypes
-from collections.abc import Sequence
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
-
-from server.connection import options_for
 from server.metrics import CONTENT_TYPE_LATEST
-from server.protocol import InvalidParameter, query_of
+from server.protocol import InvalidParameter, StreamOptions, parse_options, query_of
 from server.runtime import Runtime
+from server.websocket import Message, Receive, Scope, Send, WebSocket
 
 LISTEN_PATH = "/v1/listen"
+REALTIME_PATH = "/v1/realtime"
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css"}
+
+Headers = Sequence[tuple[str, str]]
 
 
 def default_web_root() -> Path:
     return Path(__file__).resolve().parent.parent / "clients" / "web"
 
 
-def response(
-    status: int, body: bytes | str | dict[str, object], content_type: str | None = None
-) -> Response:
-    if isinstance(body, dict):
-        payload = json.dumps(body).encode()
-        content_type = content_type or "application/json"
-    elif isinstance(body, str):
-        payload = body.encode()
-        content_type = content_type or "text/plain; charset=utf-8"
-    else:
-        payload = body
-    headers = Headers()
-    headers["Content-Type"] = content_type or "application/octet-stream"
-    headers["Content-Length"] = str(len(payload))
-    headers["Cache-Control"] = "no-store"
-    headers["X-Content-Type-Options"] = "nosniff"
-    return Response(status, HTTPStatus(status).phrase, headers, payload)
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def json(cls, status: int, body: Mapping[str, object]) -> Response:
+        return cls(status, json.dumps(body).encode(), "application/json")
+
+    @classmethod
+    def text(
+        cls, status: int, body: str, content_type: str = "text/plain; charset=utf-8"
+    ) -> Response:
+        return cls(status, body.encode(), content_type)
+
+    async def send(self, send: Send, *, head_only: bool = False) -> None:
+        headers = [
+            (b"content-type", self.content_type.encode()),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            *((k.encode(), v.encode()) for k, v in self.headers),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head_only else self.body})
 
 
-def _error(status: int, message: str, **extra: object) -> Response:
-    return response(status, {"error": message, **extra})
+def error(status: int, message: str, **extra: object) -> Response:
+    return Response.json(status, {"error": message, **extra})
 
 
-def single_header(request: Request, name: str) -> str | None:
+@dataclass(frozen=True)
+class Request:
+    """An HTTP request's head (the body is read by the handler that wants it)."""
+
+    method: str
+    path: str
+    target: str
+    headers: Headers
+    receive: Receive
+
+    @classmethod
+    def of(cls, scope: Scope, receive: Receive) -> Request:
+        query = scope.get("query_string", b"").decode("latin-1")
+        path = str(scope.get("path", "/"))
+        return cls(
+            method=str(scope.get("method", "GET")),
+            path=path,
+            target=f"{path}?{query}" if query else path,
+            headers=headers_of(scope),
+            receive=receive,
+        )
+
+    @property
+    def query(self) -> Mapping[str, Sequence[str]]:
+        return query_of(self.target)
+
+
+def headers_of(scope: Scope) -> Headers:
+    """The request's headers, names in lower case, values as sent (ISO-8859-1)."""
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in scope.get("headers", [])
+    ]
+
+
+def all_headers(headers: Headers, name: str) -> list[str]:
+    return [v for k, v in headers if k == name]
+
+
+def single_header(headers: Headers, name: str) -> str | None:
     """A header's value; None when it is absent or sent more than once (ambiguous)."""
-    values = request.headers.get_all(name)
+    values = all_headers(headers, name)
     return values[0] if len(values) == 1 else None
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(headers: Headers, query: Mapping[str, Sequence[str]]) -> str | None:
     """The API key a client sent: Authorization Token/Bearer, `token` subprotocol, or ?token=."""
-    auth = single_header(request, "Authorization")
+    auth = single_header(headers, "authorization")
     if auth:
         scheme, _, value = auth.strip().partition(" ")
         if scheme.lower() in {"token", "bearer"} and value.strip():
             return value.strip()
     offered = [
         p.strip()
-        for header in request.headers.get_all("Sec-WebSocket-Protocol")
+        for header in all_headers(headers, "sec-websocket-protocol")
         for p in header.split(",")
     ]
     if len(offered) >= 2 and offered[0].lower() == "token":
         return offered[1]
-    tokens = query_of(request.path).get("token")
+    tokens = query.get("token")
     return tokens[-1] if tokens else None
 
 
@@ -86,81 +139,108 @@ def key_ok(presented: str | None, keys: Sequence[str]) -> bool:
     return matched
 
 
-def select_subprotocol(
-    connection: ServerConnection, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
-    """Answer `token` when the browser sent its key that way; never echo the key."""
-    return Subprotocol("token") if any(p.lower() == "token" for p in offered) else None
+def options_for(runtime: Runtime, target: str) -> StreamOptions:
+    """Parse a request target's query against the loaded model (raises InvalidParameter)."""
+    engine = runtime.engine
+    languages = engine.languages if engine else ("en",)
+    multilingual = engine.multilingual if engine else False
+    return parse_options(query_of(target), languages=languages, multilingual=multilingual)
 
 
-class HttpRoutes:
-    """`process_request` for the websockets server."""
+SessionHandler = Callable[[Runtime, WebSocket], Awaitable[None]]
+HttpHandler = Callable[[Request], Awaitable[Response | None]]
 
-    def __init__(self, runtime: Runtime, web_root: Path | None = None) -> None:
+
+class App:
+    """The ASGI application: routes to health, metrics, models, the page, REST and sessions."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        sessions: Mapping[str, SessionHandler],
+        rest: Mapping[str, HttpHandler] | None = None,
+        web_root: Path | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.sessions = dict(sessions)
+        self.rest = dict(rest or {})
         self.web_root = (web_root or default_web_root()).resolve()
 
-    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        upgrade = any("websocket" in v.lower() for v in request.headers.get_all("Upgrade"))
-        if path == LISTEN_PATH:
-            return self._listen(request, upgrade)
-        if upgrade:
-            return _error(404, f"no WebSocket endpoint at {path}; use {LISTEN_PATH}")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(Request.of(scope, receive), send)
+        elif scope["type"] == "websocket":
+            await self._websocket(WebSocket(scope, receive, send))
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _http(self, request: Request, send: Send) -> None:
+        response = await self._route(request, send)
+        if response is not None:
+            await response.send(send, head_only=request.method == "HEAD")
+
+    async def _route(self, request: Request, send: Send) -> Response | None:
+        path, method = request.path, request.method
+        if path in self.sessions:
+            refusal = self._auth(request.headers, request.query)
+            if refusal is not None:
+                return refusal
+            if method == "POST" and path in self.rest:
+                return await self._rest(request, path, send)
+            return error(426, f"{path} is a WebSocket endpoint; send an Upgrade request")
+        if path in self.rest:
+            if method != "POST":
+                return error(405, f"{path} takes POST", allow="POST")
+            refusal = self._auth(request.headers, request.query)
+            return refusal or await self._rest(request, path, send)
+        if method not in ("GET", "HEAD"):
+            return error(405, f"{method} is not served at {path[:100]}")
         if path == "/healthz":
-            return response(200, {"status": "ok"})
+            return Response.json(200, {"status": "ok"})
         if path == "/readyz":
             rt = self.runtime
-            return response(200 if rt.ready else 503, rt.readiness())
+            return Response.json(200 if rt.ready else 503, rt.readiness())
         if path == "/metrics":
             return self._metrics(request)
         if path == "/v1/models":
             return self._models()
         return self._static(path)
 
-    def _listen(self, request: Request, upgrade: bool) -> Response | None:
-        rt = self.runtime
-        auth = rt.settings.auth
-        if auth.api_keys and not key_ok(presented_key(request), auth.api_keys):
-            return _error(
+    async def _rest(self, request: Request, path: str, send: Send) -> Response | None:
+        handler = self.rest[path]
+        return await handler(request)
+
+    def _auth(self, headers: Headers, query: Mapping[str, Sequence[str]]) -> Response | None:
+        keys = self.runtime.settings.auth.api_keys
+        if keys and not key_ok(presented_key(headers, query), keys):
+            return error(
                 401,
-                "missing or wrong API key: send 'Authorization: Token KEY', the subprotocols "
-                "'token, KEY', or ?token=KEY",
+                "missing or wrong API key: send 'Authorization: Token KEY' (or Bearer), the "
+                "subprotocols 'token, KEY', or ?token=KEY",
             )
-        if not upgrade:
-            return _error(426, f"{LISTEN_PATH} is a WebSocket endpoint; send an Upgrade request")
-        if auth.allowed_origins:
-            for origin in request.headers.get_all("Origin"):  # every one, if sent twice
-                if origin.rstrip("/") not in auth.allowed_origins:
-                    return _error(403, f"origin {origin[:100]} is not allowed to connect")
-        if not rt.ready:
-            return None  # the connection handler refuses it with an Error and a close code
-        try:
-            options_for(rt, request.path)
-        except InvalidParameter as exc:
-            return _error(400, exc.message, parameter=exc.name)
         return None
 
     def _metrics(self, request: Request) -> Response:
         rt = self.runtime
         auth = rt.settings.auth
-        if auth.metrics_require_key and not key_ok(presented_key(request), auth.api_keys):
-            return _error(401, "metrics need an API key: 'Authorization: Bearer KEY'")
+        if auth.metrics_require_key and not key_ok(
+            presented_key(request.headers, request.query), auth.api_keys
+        ):
+            return error(401, "metrics need an API key: 'Authorization: Bearer KEY'")
 
         def refresh() -> None:
             if rt.scheduler is not None:
                 rt.metrics.queue_depth.set(rt.scheduler.depth)
             rt.metrics.ready.set(1 if rt.ready else 0)
 
-        body = rt.metrics.render(refresh)
-        return response(200, body, CONTENT_TYPE_LATEST)
+        return Response(200, rt.metrics.render(refresh), CONTENT_TYPE_LATEST)
 
     def _models(self) -> Response:
         rt = self.runtime
         engine = rt.engine
         if engine is None or rt.model is None:
-            return response(503, {"models": [], "state": rt.phase.value})
-        return response(
+            return Response.json(503, {"models": [], "state": rt.phase.value})
+        return Response.json(
             200,
             {
                 "models": [
@@ -188,6 +268,71 @@ class HttpRoutes:
         except (OSError, ValueError):  # a name too long, a NUL byte, ...
             found = False
         if not found:
-            return _error(404, f"nothing at {path[:100]}")
+            return error(404, f"nothing at {path[:100]}")
         kind = _TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0]
-        return response(200, target.read_bytes(), kind or "application/octet-stream")
+        return Response(200, target.read_bytes(), kind or "application/octet-stream")
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def _websocket(self, ws: WebSocket) -> None:
+        await ws.handshake()
+        refusal = self._upgrade_refusal(ws)
+        if refusal is not None:
+            await ws.refuse(refusal.status, refusal.body, refusal.content_type)
+            return
+        offered = [p.lower() for p in ws.scope.get("subprotocols", [])]
+        await ws.accept("token" if "token" in offered else None)
+        await self.sessions[ws.path](self.runtime, ws)
+
+    def _upgrade_refusal(self, ws: WebSocket) -> Response | None:
+        path = ws.path
+        if path not in self.sessions:
+            endpoints = " or ".join(sorted(self.sessions))
+            return error(404, f"no WebSocket endpoint at {path[:100]}; use {endpoints}")
+        headers = headers_of(ws.scope)
+        refusal = self._auth(headers, query_of(ws.target))
+        if refusal is not None:
+            return refusal
+        sent_origins = all_headers(headers, "origin")
+        if len(sent_origins) > 1:
+            return error(400, "the Origin header was sent more than once")
+        origins = self.runtime.settings.auth.allowed_origins
+        if origins and sent_origins and sent_origins[0].rstrip("/") not in origins:
+            return error(403, f"origin {sent_origins[0][:100]} is not allowed to connect")
+        if not self.runtime.ready or path != LISTEN_PATH:
+            return None  # refused with an Error after the handshake while loading
+        try:
+            options = options_for(self.runtime, ws.target)
+        except InvalidParameter as exc:
+            return error(400, exc.message, parameter=exc.name)
+        if options.diarize and not self.runtime.speakers.available:
+            return error(
+                400,
+                "diarization needs the speaker encoder's weights on the server: run "
+                "'python -m cache fetch resemblyzer-encoder' there, or start it with "
+                "--speaker-model PATH",
+                parameter="diarize",
+            )
+        return None
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes | Response:
+    """The request body, or a 413 response once it passes `limit_bytes`."""
+    declared = single_header(request.headers, "content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        return error(413, f"the upload is larger than the server's limit of {limit_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await request.receive()
+        if message["type"] != "http.request":
+            return error(400, "the client went away before the upload ended")
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit_bytes:
+            return error(
+                413, f"the upload is larger than the server's limit of {limit_bytes} bytes"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

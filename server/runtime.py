@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from server.asr import WhisperEngine
@@ -13,15 +16,29 @@ from server.config import Settings
 from server.metrics import Metrics
 from server.protocol import ModelInfo
 from server.scheduler import Scheduler
+from server.session import SessionConfig
 from server.transcription import AsrRequest, AsrResult
 from vad.base import SpeechClassifier
 
 if TYPE_CHECKING:
-    from server.connection import Connection
+    from server.speakers.encoder import SpeakerEncoder
 
 
 class ProgressReport(Protocol):
     def as_dict(self) -> dict[str, object]: ...
+
+
+class Drainable(Protocol):
+    """An open session as the server's lifecycle sees it."""
+
+    def drain(self) -> None:
+        """Finalize what is open and close (the server is shutting down)."""
+
+    async def closed(self) -> None:
+        """Return once the session's connection is gone."""
+
+    def abort(self) -> None:
+        """Drop the connection at once (the drain timeout passed)."""
 
 
 class Phase(enum.Enum):
@@ -43,6 +60,30 @@ def model_info(name: str, version: str) -> ModelInfo:
 
 
 @dataclass
+class Speakers:
+    """The speaker encoder for diarize=true: shared by all sessions (read-only once loaded),
+    loaded on first use so that a server nobody asks to diarize pays nothing for it."""
+
+    weights: Path | None = None
+    _encoder: SpeakerEncoder | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def available(self) -> bool:
+        return self.weights is not None
+
+    def encoder(self) -> SpeakerEncoder:
+        """The loaded encoder (blocks while loading: call it off the event loop)."""
+        from server.speakers.encoder import SpeakerEncoder
+
+        assert self.weights is not None
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = SpeakerEncoder.load(self.weights)
+            return self._encoder
+
+
+@dataclass
 class Runtime:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
@@ -53,7 +94,20 @@ class Runtime:
     scheduler: Scheduler[AsrRequest, AsrResult] | None = None
     model: ModelInfo | None = None
     classifier_factory: Callable[[], SpeechClassifier] | None = None
-    connections: set[Connection] = field(default_factory=set)
+    speakers: Speakers = field(default_factory=Speakers)
+    connections: set[Drainable] = field(default_factory=set)
+
+    @functools.cached_property
+    def session_config(self) -> SessionConfig:
+        """Every session's configuration, built once from the stream and limit settings."""
+        return self.settings.stream.session_config(self.settings.limits)
+
+    session_cap: int = 64
+    """The session limit: --max-sessions, or what the resources hold (set at startup)."""
+
+    @property
+    def max_sessions(self) -> int:
+        return self.session_cap
 
     @property
     def ready(self) -> bool:
@@ -65,7 +119,7 @@ class Runtime:
             body["progress"] = self.progress.as_dict() if self.progress else {}
         if self.scheduler is not None:
             body["sessions"] = len(self.connections)
-            body["max_sessions"] = self.settings.limits.max_sessions
+            body["max_sessions"] = self.max_sessions
             body["queue_depth"] = self.scheduler.depth
             body["estimated_final_wait_s"] = round(self.scheduler.estimated_final_wait_s(), 3)
         return body

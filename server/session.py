@@ -37,6 +37,11 @@ latest final with words), which a short utterance must clearly outvote to change
 (server.language). When a final comes back in another language the context is forgotten:
 tokens of one language are no prefix for another.
 
+Speakers (diarize=true): before a final with words is released, the session asks for its
+talkers (`Label`: the utterance's audio and word spans) and releases it once they are in
+(`on_speakers`), so every final word carries a speaker. Labels are asked for in utterance
+order, one at a time: the tracker that assigns them keeps per-session state.
+
 Finals are released strictly in utterance order; interims of an utterance are dropped once
 it is final.
 """
@@ -48,6 +53,7 @@ import itertools
 import math
 import string
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -129,12 +135,25 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Label:
+    """Find the talker of each word of a final (diarize=true); answer with on_speakers."""
+
+    ticket: int
+    audio: npt.NDArray[np.float32]
+    word_spans_s: tuple[tuple[float, float], ...]
+    """(start, end) of each word, in seconds from the start of `audio`."""
+
+
+@dataclass(frozen=True)
 class Close:
     code: CloseCode
     reason: str
 
 
-Action = Send | Transcribe | Promote | Cancel | Close
+Action = Send | Transcribe | Promote | Cancel | Label | Close
+
+SpeakerLabel = tuple[int, float]
+"""(speaker, confidence) of one word."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +162,8 @@ class SessionConfig:
     max_utterance_ms: int = 25_000
     interim_interval_ms: int = 700
     first_interim_ms: int = 500
+    interim_min_speech_ms: int = 300
+    """An interim is asked for only when this much new speech came since the last one."""
     max_pending_finals: int = 8
     speculate_ms: int | None = 240
     """Silence after which an open utterance's final is asked for early (None: never)."""
@@ -162,6 +183,8 @@ class _Open:
     start_frame: int
     onset_frame: int
     last_interim_frame: int | None = None
+    voiced_frames: int = 0
+    voiced_at_last_interim: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,8 @@ class _PendingFinal:
     audio_start_frame: int = 0
     """Where the request's audio (context included) begins."""
     result: AsrResult | None = None
+    speakers: tuple[SpeakerLabel, ...] | None = None
+    labelling: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,6 +332,8 @@ class Session:
             self._frames.append(frame)
             is_speech = self.classifier.is_speech(frame)
             self._silent_frames = 0 if is_speech else self._silent_frames + 1
+            if is_speech and self._open is not None:
+                self._open.voiced_frames += 1
             for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
                 actions += self._on_vad_event(event)
             actions += self._maybe_speculate(is_speech)
@@ -371,6 +398,21 @@ class Session:
                 break
         else:
             return []
+        return self._after_final()
+
+    def on_speakers(self, ticket: int, labels: Sequence[SpeakerLabel]) -> list[Action]:
+        """The talkers of a final's words, in word order (the answer to `Label`)."""
+        if self.state is State.CLOSED:
+            return []
+        for pending in self._pending:
+            if pending.ticket == ticket and pending.labelling:
+                pending.speakers = tuple(labels)
+                break
+        else:
+            return []
+        return self._after_final()
+
+    def _after_final(self) -> list[Action]:
         actions = self._release_finals()
         actions += self._maybe_utterance_end()
         actions += self._maybe_interim()
@@ -401,7 +443,13 @@ class Session:
         if isinstance(event, VadSpeechStarted):
             if self._adaptive:
                 self._segmenter.set_endpointing_ms(self._endpointing_ms)
-            self._open = _Open(next(self._utterances), event.start_frame, event.onset_frame)
+            self._open = _Open(
+                next(self._utterances),
+                event.start_frame,
+                event.onset_frame,
+                # The onset window is mostly voice (that is what opened it).
+                voiced_frames=self._segmenter.frames_seen - event.onset_frame,
+            )
             if self.options.vad_events:
                 return [Send(SpeechStarted(event.onset_frame * self._frame_s))]
             return []
@@ -458,7 +506,7 @@ class Session:
         now = self._segmenter.frames_seen
         anchor = now
         for pending in self._pending:
-            if pending.result is None:
+            if pending.result is None or self.options.diarize:  # labelling needs the audio
                 anchor = min(anchor, pending.start_frame)
         if self._open is not None:
             anchor = min(anchor, self._open.start_frame)
@@ -595,6 +643,13 @@ class Session:
     def _release_finals(self) -> list[Action]:
         actions: list[Action] = []
         while self._pending and self._pending[0].result is not None:
+            head = self._pending[0]
+            assert head.result is not None
+            if self.options.diarize and head.result.words and head.speakers is None:
+                if not head.labelling:
+                    head.labelling = True
+                    actions.append(self._label(head, head.result))
+                break
             pending = self._pending.popleft()
             assert pending.result is not None
             self._follow_language(pending.result)
@@ -606,6 +661,20 @@ class Session:
         self._trim_frames()
         return actions
 
+    def _label(self, pending: _PendingFinal, result: AsrResult) -> Label:
+        assert pending.ticket is not None
+        offset_s = (pending.audio_start_frame - pending.start_frame) * self._frame_s
+        length_s = (pending.end_frame - pending.start_frame) * self._frame_s
+        spans = tuple(
+            (
+                min(max(0.0, offset_s + w.start_s), length_s),
+                min(max(0.0, offset_s + w.end_s), length_s),
+            )
+            for w in result.words
+        )
+        audio = self._audio(pending.start_frame, pending.end_frame)
+        return Label(pending.ticket, audio, spans)
+
     def _final_message(self, pending: _PendingFinal, result: AsrResult) -> Results | None:
         if not result.text:
             return None
@@ -613,6 +682,7 @@ class Session:
         end_s = pending.end_frame * self._frame_s
         offset_s = pending.audio_start_frame * self._frame_s
         languages = self._languages(result)
+        speakers: Sequence[SpeakerLabel | None] = pending.speakers or [None] * len(result.words)
         words = tuple(
             Word(
                 word=w.text.strip().strip(_STRIP).lower() or w.text.strip().lower(),
@@ -621,8 +691,10 @@ class Session:
                 confidence=w.probability,
                 punctuated_word=w.text.strip(),
                 language=languages[0] if languages else None,
+                speaker=label[0] if label else None,
+                speaker_confidence=label[1] if label else None,
             )
-            for w in result.words
+            for w, label in zip(result.words, speakers, strict=True)
         )
         confidence = (
             float(np.mean([w.confidence for w in words]))
@@ -664,9 +736,11 @@ class Session:
             due = opened.onset_frame + self._frames_for(self.config.first_interim_ms)
         else:
             due = opened.last_interim_frame + self._frames_for(self.config.interim_interval_ms)
-        if now < due:
-            return []
+        new_speech = opened.voiced_frames - opened.voiced_at_last_interim
+        if now < due or new_speech < self._frames_for(self.config.interim_min_speech_ms):
+            return []  # not yet, or nothing new to say: a pause inside the utterance
         opened.last_interim_frame = now
+        opened.voiced_at_last_interim = opened.voiced_frames
         ticket = next(self._tickets)
         self._interim_ticket = ticket
         self._interim_for = _InterimTarget(opened.index, now)

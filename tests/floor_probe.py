@@ -2,7 +2,8 @@
 
 `python floor_probe.py SPEECH_WAV MODEL_DIR` imports every module of the package, streams
 WAV containers through the PyAV path, resamples linear16 through soxr, runs both VADs,
-transcribes the speech with the engine, renders /metrics, and prints what it measured as one
+transcribes the speech with the engine and through a live server session, renders /metrics,
+and prints what it measured as one
 JSON object for the test to check.
 Only the package and its runtime dependencies may be imported here: nothing from tests/.
 """
@@ -76,11 +77,11 @@ def stream_container(data: bytes) -> tuple[str | None, Samples]:
 
 
 def stream_linear16(pcm: bytes) -> Samples:
-    from server.audio import Linear16Decoder
+    from server.audio import PcmDecoder
 
-    decoder = Linear16Decoder(sample_rate_hz=SOURCE_RATE_HZ, channels=2)
-    parts = [decoder.feed(pcm[i : i + CHUNK_BYTES]) for i in range(0, len(pcm), CHUNK_BYTES)]
-    parts.append(decoder.finish())
+    decoder = PcmDecoder("linear16", sample_rate_hz=SOURCE_RATE_HZ, channels=2)
+    parts = [decoder.decode(pcm[i : i + CHUNK_BYTES]) for i in range(0, len(pcm), CHUNK_BYTES)]
+    parts.append(decoder.end().samples)
     return np.concatenate(parts)
 
 
@@ -126,6 +127,53 @@ def transcribe(speech: Samples, model_dir: Path) -> str:
     return result.text
 
 
+def live_session(speech: Samples, model_dir: Path) -> str:
+    """A real server (uvicorn, h11, websockets at their floors) and one client session:
+    the transcript of `speech` streamed as linear16, then CloseStream."""
+    import asyncio
+    import signal
+    import subprocess
+
+    from websockets.asyncio.client import connect
+
+    from server.app import LISTENING_PREFIX, READY_LINE
+    from server.protocol import Results, from_json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0",
+         "--model", str(model_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = ""
+        for line in proc.stdout:
+            if line.startswith(LISTENING_PREFIX):
+                url = line.strip().rsplit(" ", 1)[1].replace("http", "ws", 1)
+            if line.strip() == READY_LINE:
+                break
+        pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
+
+        async def session() -> str:
+            texts: list[str] = []
+            query = "/v1/listen?encoding=linear16&sample_rate=16000"
+            async with connect(url + query) as ws:
+                for start in range(0, len(pcm), 6400):
+                    await ws.send(pcm[start : start + 6400])
+                await ws.send(json.dumps({"type": "CloseStream"}))
+                async for raw in ws:
+                    message = from_json(str(raw))
+                    if isinstance(message, Results) and message.is_final:
+                        texts.append(message.transcript)
+            return " ".join(texts)
+
+        return asyncio.run(session())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def metrics_text() -> str:
     from server.metrics import Metrics
 
@@ -145,6 +193,7 @@ def main(speech_wav: Path, model_dir: Path) -> dict[str, Any]:
         "speech_s": len(speech) / 16_000,
         "vad": vad_fractions(speech),
         "transcript": transcribe(speech, model_dir),
+        "live_transcript": live_session(speech, model_dir),
         "metrics": metrics_text(),
     }
 

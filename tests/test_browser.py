@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,8 +11,10 @@ import pytest
 
 from cache.registry import fetch
 from cache.store import default_cache_dir
-from tests.conftest import REPO_ROOT, ServerProcess
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
 from tests.support.random_whisper import TINY_128
+from tests.support.server import ServerProcess
 from tests.test_clients_file import self_signed_cert
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -22,7 +23,6 @@ CAPTION_TIMEOUT_MS = 120_000
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.slow,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
@@ -173,9 +173,7 @@ def test_page_reconnects_and_keeps_the_transcript(
 ) -> None:
     from playwright.sync_api import Page
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     first = server_factory("--port", str(port))
     page, _ = open_page(browser, first)
     assert isinstance(page, Page)

@@ -21,12 +21,10 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websockets.datastructures import Headers
-from websockets.http11 import Request
 
-from bench.soak import WatchedServer
 from server.http import presented_key
 from server.protocol import (
+    UNSUPPORTED_PROMISES,
     ControlMessage,
     ErrorCode,
     InvalidParameter,
@@ -34,7 +32,9 @@ from server.protocol import (
     StreamOptions,
     parse_control,
     parse_options,
+    query_of,
 )
+from tests.support.server import ServerProcess, start_server
 from tests.wsclient import read_wav
 
 MAX_FRAME_BYTES = 64 * 1024
@@ -84,6 +84,7 @@ def test_parse_control_survives_deep_nesting() -> None:
 KNOWN_PARAMETERS = (
     "encoding", "sample_rate", "channels", "language", "interim_results", "endpointing",
     "utterance_end_ms", "vad_events", "keyterm", "keywords", "model", "punctuate", "token",
+    *UNSUPPORTED_PROMISES,
 )  # fmt: skip
 parameter_values = st.one_of(
     st.text(max_size=30),
@@ -128,10 +129,8 @@ header_text = st.text(
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60),
 )
 def test_presented_key_never_raises(names: list[str], values: list[str], query: str) -> None:
-    headers = Headers()
-    for name, value in zip(names, values, strict=False):
-        headers[name] = value
-    key = presented_key(Request(f"/v1/listen?{query}", headers))
+    headers = [(n.lower(), v) for n, v in zip(names, values, strict=False)]
+    key = presented_key(headers, query_of(f"/v1/listen?{query}"))
     assert key is None or isinstance(key, str)
 
 
@@ -139,14 +138,12 @@ def test_presented_key_never_raises(names: list[str], values: list[str], query: 
 
 
 @pytest.fixture(scope="module")
-def fuzz_server() -> Iterator[WatchedServer]:
-    srv = WatchedServer(
-        [
-            "--max-frame-bytes", str(MAX_FRAME_BYTES),
-            "--max-control-per-s", "3",  # the 7th text frame in a burst is a flood
-            "--beam-size", "1",  # accuracy is not under test here; speed is welcome
-            "--max-utterance-s", "5",
-        ]
+def fuzz_server() -> Iterator[ServerProcess]:
+    srv = start_server(
+        "--max-frame-bytes", str(MAX_FRAME_BYTES),
+        "--max-control-per-s", "3",  # the 7th text frame in a burst is a flood
+        "--beam-size", "1",  # accuracy is not under test here; speed is welcome
+        "--max-utterance-s", "5",
     )  # fmt: skip
     yield srv
     srv.stop()
@@ -183,7 +180,7 @@ def frames_strategy(speech: list[bytes]) -> st.SearchStrategy[list[bytes | str]]
 
 
 async def run_stream(
-    srv: WatchedServer, query: str, frames: list[bytes | str], ending: str
+    srv: ServerProcess, query: str, frames: list[bytes | str], ending: str
 ) -> tuple[list[dict[str, Any]], int | None]:
     messages: list[dict[str, Any]] = []
     url = f"{srv.ws_url}/v1/listen?{query}"
@@ -231,9 +228,9 @@ def check_message(message: dict[str, Any]) -> None:
         assert message["last_word_end"] >= 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_any_frame_sequence_yields_only_documented_replies(
-    fuzz_server: WatchedServer, speech_pieces: list[bytes]
+    fuzz_server: ServerProcess, speech_pieces: list[bytes]
 ) -> None:
     seen_closes: set[int | None] = set()
 

@@ -18,15 +18,16 @@ import jiwer
 import pytest
 from whisper_normalizer.basic import BasicTextNormalizer
 
-from bench.locals3 import moto_server, s3_client
 from cache.registry import fetch
 from cache.store import default_cache_dir
 from server.hanzi import to_simplified
-from tests.conftest import REPO_ROOT, SHARED_DIR, ServerProcess, start_server
+from tests.support.locals3 import moto_server, s3_client
+from tests.support.paths import REPO_ROOT, SHARED_DIR
 from tests.support.random_whisper import TINY_128
+from tests.support.server import ServerProcess, start_server
 from tests.wsclient import Outcome, chunks, read_wav, stream
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 MULTI_DIR = SHARED_DIR / "speech-multi"
 CHARACTER_LANGUAGES = frozenset({"ja", "zh"})

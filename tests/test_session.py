@@ -23,7 +23,7 @@ from server.protocol import (
 )
 from server.session import Action, Close, Send, Session, SessionConfig, State, Transcribe
 from server.transcription import AsrResult, AsrWord
-from tests.conftest import AUDIO_DIR
+from tests.support.paths import AUDIO_DIR
 from tests.wsclient import chunks, pcm16, read_wav
 from vad.webrtc import WebRtcClassifier
 
@@ -274,6 +274,20 @@ def test_explicit_endpointing_is_never_shortened() -> None:
     session.on_result(guess.ticket, result("A sentence."))
     assert transcribes(feed(session, bytes(32000 * 6 // 100), [640])) == []
     assert session.backlog == 0
+
+
+def test_no_interim_for_a_pause_only_for_new_speech() -> None:
+    config = SessionConfig(speculate_ms=None, context_ms=None)
+    session = new_session(config, encoding="linear16", interim_results=True, endpointing_ms=3000)
+    head = speech()[: 32000 * 2]
+    (interim,) = transcribes(feed(session, head, [3200]))
+    out = session.on_result(interim.ticket, AsrResult(text="And so"))
+    for t in transcribes(out):  # the cadence asked for more while the first one ran
+        session.on_result(t.ticket, AsrResult(text="And so my"))
+    pause = feed(session, bytes(32000 * 15 // 10), [3200])  # 1.5 s: two cadences pass
+    assert transcribes(pause) == [], "silence says nothing new"
+    resumed = feed(session, speech()[32000 * 2 : 32000 * 3], [3200])
+    assert len(transcribes(resumed)) == 1, "new speech gets its interim"
 
 
 def spoken(text: str, language: str, first_token: int, start: float = 0.1) -> AsrResult:
