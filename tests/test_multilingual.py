@@ -123,8 +123,8 @@ def offline(base_dir: Path) -> dict[str, str]:
 async def test_multi_names_every_language_and_stays_near_offline_accuracy(
     base_server: ServerProcess, offline: dict[str, str]
 ) -> None:
-    """Measured (whisper-base, CPU int8): streamed WER 0.160 vs offline 0.140 over es, de,
-    fr and it; CER 0.125 vs 0.125 over ja and zh. The word gap is Spanish (0.161 vs 0.131):
+    """Measured (whisper-base, CPU int8): streamed WER 0.157-0.160 vs offline 0.140 over es,
+    de, fr and it; CER 0.125 vs 0.125 over ja and zh. The word gap is Spanish (0.155 vs 0.131):
     short utterances decoded without the audio that follows them, e.g. 'Mi muy querido
     Manuel' alone comes out 'Mimo y caridad manual' (offline hears it in a 30 s window)."""
     refs = multi_refs()
@@ -153,7 +153,7 @@ async def test_multi_names_every_language_and_stays_near_offline_accuracy(
         for kind, names in (("WER", words), ("CER", characters))
     }
     print(pooled)
-    assert pooled["WER"][0] <= pooled["WER"][1] + 0.04
+    assert pooled["WER"][0] <= pooled["WER"][1] + 0.03  # 0.02 measured; runs vary by ~0.01
     assert pooled["CER"][0] <= pooled["CER"][1] + 0.02
 
 
