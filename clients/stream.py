@@ -99,6 +99,8 @@ class StreamConfig:
     url: str = DEFAULT_URL
     token: str | None = None
     language: str | None = None
+    translate: bool = False
+    """Ask for English text whatever is spoken (`task=translate`)."""
     interim_results: bool = False
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
@@ -142,6 +144,8 @@ def listen_url(config: StreamConfig) -> str:
     )
     if config.language:
         params["language"] = config.language
+    if config.translate:
+        params["task"] = "translate"
     params.update(config.extra_params)
     return urlunsplit((scheme, parts.netloc, path, urlencode(params), ""))
 

@@ -25,6 +25,8 @@ MIN_UTTERANCE_END_MS = 1_000
 G711_RATE_HZ = 8_000
 
 Encoding = Literal["linear16", "mulaw", "alaw"]
+Task = Literal["transcribe", "translate"]
+_TASKS: dict[str, Task] = {"transcribe": "transcribe", "translate": "translate"}
 _ENCODINGS: dict[str, Encoding] = {
     "linear16": "linear16",
     "pcm_s16le": "linear16",
@@ -97,6 +99,11 @@ class StreamOptions:
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
     language: str | None = None
+    """None: detected per utterance (a multilingual model's default, and `multi`/`auto`)."""
+    report_languages: bool = False
+    """`language=multi`/`auto`: results name the languages heard (`languages`, per word)."""
+    task: Task = "transcribe"
+    """translate: English text whatever is spoken (multilingual models only)."""
     interim_results: bool = False
     endpointing_ms: int | None = None
     """None: the server's default; see `endpointing_off`."""
@@ -167,6 +174,7 @@ def parse_options(
         channels = _parse_int("channels", raw, 1, 2)
 
     language: str | None = None
+    report_languages = False
     if (raw := _one(query, "language")) is not None and raw.strip():
         language = normalize_language(raw)
         if language == "auto" or language == "multi":
@@ -175,10 +183,21 @@ def parse_options(
                     "language", "automatic language detection needs a multilingual model"
                 )
             language = None
+            report_languages = True
         elif language not in languages:
             shown = ", ".join(sorted(languages)[:12])
             raise InvalidParameter(
                 "language", f"{raw!r} is not supported by the loaded model (supported: {shown})"
+            )
+
+    task: Task = "transcribe"
+    if (raw := _one(query, "task")) is not None:
+        if raw.strip().lower() not in _TASKS:
+            raise InvalidParameter("task", f"expected transcribe or translate, got {raw!r}")
+        task = _TASKS[raw.strip().lower()]
+        if task == "translate" and not multilingual:
+            raise InvalidParameter(
+                "task", "translation needs a multilingual model (this one is English-only)"
             )
 
     interim = False
@@ -221,6 +240,8 @@ def parse_options(
         sample_rate_hz=sample_rate,
         channels=channels,
         language=language,
+        report_languages=report_languages,
+        task=task,
         interim_results=interim,
         endpointing_ms=endpointing_ms,
         endpointing_off=endpointing_off,
@@ -315,6 +336,8 @@ class Word:
     speaker: int | None = None
     """With diarize=true: the talker, 0, 1, ... stable for the session."""
     speaker_confidence: float | None = None
+    language: str | None = None
+    """Sent only when not None (`language=multi`/`auto` streams)."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +352,8 @@ class Results:
     transcript: str
     confidence: float
     words: tuple[Word, ...]
+    languages: tuple[str, ...] | None = None
+    """The languages heard, most words first; sent only when not None."""
 
 
 @dataclass(frozen=True)
@@ -374,6 +399,8 @@ def _word_json(word: Word) -> dict[str, object]:
     if word.speaker is not None:
         data["speaker"] = word.speaker
         data["speaker_confidence"] = _r(word.speaker_confidence or 0.0, 3)
+    if word.language is not None:
+        data["language"] = word.language
     return data
 
 
@@ -395,6 +422,7 @@ def to_json(message: ServerMessage) -> str:
                         "transcript": message.transcript,
                         "confidence": _r(message.confidence, 4),
                         "words": [_word_json(w) for w in message.words],
+                        **({} if message.languages is None else {"languages": message.languages}),
                     }
                 ]
             },
@@ -532,6 +560,7 @@ def _words(raw: object) -> tuple[Word, ...]:
             speaker_confidence=(
                 _number(item, "speaker_confidence") if "speaker_confidence" in item else None
             ),
+            language=_text(item, "language") or None,
         )
         for item in items
         if isinstance(item, dict)
@@ -555,7 +584,14 @@ def _results(data: Mapping[str, Any]) -> Results:
         transcript=_text(best, "transcript"),
         confidence=_number(best, "confidence"),
         words=_words(best.get("words")),
+        languages=_languages(best.get("languages")),
     )
+
+
+def _languages(raw: object) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        return None
+    return tuple(code for code in raw if isinstance(code, str))
 
 
 def _created(raw: object) -> datetime:

@@ -31,6 +31,12 @@ endpoint; if speech resumes first, it is withdrawn (`Cancel`). Adaptive endpoint
 on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to the
 server, the utterance may close after `sentence_end_ms` of silence instead.
 
+Language: a stream whose language is detected (`language` unset on a multilingual model,
+or `multi`/`auto`) tells the engine its language so far (`expected_language`: that of its
+latest final with words), which a short utterance must clearly outvote to change
+(server.language). When a final comes back in another language the context is forgotten:
+tokens of one language are no prefix for another.
+
 Speakers (diarize=true): before a final with words is released, the session asks for its
 talkers (`Label`: the utterance's audio and word spans) and releases it once they are in
 (`on_speakers`), so every final word carries a speaker. Labels are asked for in utterance
@@ -78,7 +84,7 @@ from vad.framing import Framer, frame_dbfs
 from vad.segmenter import Segmenter, SegmenterConfig, SpeechEnded
 from vad.segmenter import SpeechStarted as VadSpeechStarted
 
-_STRIP = string.punctuation + "“”‘’¿¡…"
+_STRIP = string.punctuation + "“”‘’¿¡…。，、！？：；「」『』（）《》"
 MAX_WINDOW_MS = 29_500
 """Context and utterance together stay inside Whisper's 30 s window."""
 CONTEXT_LEAD_MS = 200
@@ -279,6 +285,8 @@ class Session:
         self._silent_frames = 0
         self._spoken: deque[_SpokenWord] = deque()
         self._last_word_end_s: float | None = None
+        self._language: str | None = None
+        """Of a stream whose language is detected: that of its latest final with words."""
         self._utterance_end_sent = True
         self._hotwords = " ".join(opts.keyterms) or None
         self._adaptive = (
@@ -559,8 +567,23 @@ class Session:
             final=final,
             context_s=(start_frame - begin) * self._frame_s,
             prefix_tokens=prefix,
+            task=self.options.task,
+            expected_language=self._language if self.options.language is None else None,
         )
         return request, begin
+
+    def _follow_language(self, result: AsrResult) -> None:
+        """A detected stream's language is its latest final's; the context of another
+        language is forgotten."""
+        if self.options.language is not None or not result.words:
+            return
+        if result.language != self._language:
+            self._spoken.clear()
+            self._language = result.language
+
+    def _languages(self, result: AsrResult) -> tuple[str, ...] | None:
+        """The `languages` of a result (one utterance is heard in one language)."""
+        return (result.language,) if self.options.report_languages else None
 
     def _remember(self, pending: _PendingFinal, result: AsrResult) -> None:
         """Keep the words of a released final as context for the ones after it."""
@@ -629,6 +652,7 @@ class Session:
                 break
             pending = self._pending.popleft()
             assert pending.result is not None
+            self._follow_language(pending.result)
             self._remember(pending, pending.result)
             message = self._final_message(pending, pending.result)
             if message is not None:
@@ -657,6 +681,7 @@ class Session:
         start_s = pending.start_frame * self._frame_s
         end_s = pending.end_frame * self._frame_s
         offset_s = pending.audio_start_frame * self._frame_s
+        languages = self._languages(result)
         speakers: Sequence[SpeakerLabel | None] = pending.speakers or [None] * len(result.words)
         words = tuple(
             Word(
@@ -665,6 +690,7 @@ class Session:
                 end_s=min(max(offset_s + w.end_s, start_s), end_s),
                 confidence=w.probability,
                 punctuated_word=w.text.strip(),
+                language=languages[0] if languages else None,
                 speaker=label[0] if label else None,
                 speaker_confidence=label[1] if label else None,
             )
@@ -690,6 +716,7 @@ class Session:
             transcript=result.text,
             confidence=confidence,
             words=words,
+            languages=languages,
         )
 
     # ------------------------------------------------------------------ interims
@@ -742,6 +769,7 @@ class Session:
             transcript=result.text,
             confidence=float(np.exp(min(0.0, result.avg_logprob))),
             words=(),
+            languages=self._languages(result),
         )
         return [Send(message), *actions]
 

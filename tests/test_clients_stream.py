@@ -43,6 +43,26 @@ def test_listen_url_maps_http_and_keeps_proxy_prefix() -> None:
     assert query(full)["sample_rate"] == ["48000"]
 
 
+def test_listen_url_asks_for_translation() -> None:
+    url = listen_url(StreamConfig(url="ws://h:1", language="multi", translate=True))
+    assert query(url)["task"] == ["translate"] and query(url)["language"] == ["multi"]
+    assert "task" not in query(listen_url(StreamConfig(url="ws://h:1")))
+
+
+def test_captions_name_the_languages_heard() -> None:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    router = CaptionRouter("text", show_interim=False, output=None, stdout=stdout, stderr=stderr)
+    raws = (
+        '{"type":"Results","is_final":true,"channel":{"alternatives":'
+        '[{"transcript":"Hallo.","languages":["de"],"words":[]}]}}',
+        '{"type":"Results","is_final":true,"channel":{"alternatives":'
+        '[{"transcript":"Hello.","words":[]}]}}',
+    )
+    for raw in raws:
+        router.handle(from_json(raw), raw)
+    assert stdout.getvalue() == "[de] Hallo.\nHello.\n"
+
+
 @pytest.mark.parametrize("bad", ["127.0.0.1:8000", "ftp://host", "ws://"])
 def test_listen_url_rejects_unusable_addresses(bad: str) -> None:
     with pytest.raises(BadUrl, match="--url"):

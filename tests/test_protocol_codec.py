@@ -125,9 +125,10 @@ def test_a_deepgram_results_frame_with_fields_we_do_not_send_decodes() -> None:
         transcript="Good morning.",
         confidence=0.98,
         words=(
-            Word("good", 4.3, 4.6, 0.99, "Good", speaker=0, speaker_confidence=0.8),
+            Word("good", 4.3, 4.6, 0.99, "Good", speaker=0, speaker_confidence=0.8, language="en"),
             Word("morning", 4.6, 5.1, 0.97, "morning"),  # no punctuated_word: the word
         ),
+        languages=("en",),
     )
 
 
