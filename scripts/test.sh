@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 haproxy)
+APT_PACKAGES=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 haproxy espeak-ng)
 if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
   missing=()
   for pkg in "${APT_PACKAGES[@]}"; do
