@@ -64,7 +64,51 @@ def test_partial_batch_waits_until_deadline() -> None:
 def test_interims_can_be_held_back() -> None:
     q: BatchQueue[str, str] = BatchQueue(max_batch=4)
     q.submit(job("a", False, 0.0))
-    assert q.next_batch(1.0, allow_interims=False) == ([], None)
+    assert q.next_batch(1.0, allow_background=False) == ([], None)
+
+
+def bulk(session: str, t: float) -> Job[str, str]:
+    return Job(session, True, f"{session}-{t}", "en", t, lambda _: None, bulk=True)
+
+
+def test_bulk_waits_behind_all_live_work() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1)
+    q.submit(bulk("file", 0.0))
+    q.submit(job("a", False, 0.5))
+    q.submit(Job("b", True, "b-guess", "en", 0.6, lambda _: None, speculative=True))
+    q.submit(job("c", True, 0.7))
+    order = [q.next_batch(1.0)[0][0].request for _ in range(4)]
+    assert order == ["c-0.7", "b-guess", "a-0.5", "file-0.0"]
+
+
+def test_aged_bulk_goes_ahead_of_interims_then_of_everything() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1, bulk_aging_s=2.0, bulk_max_wait_s=30.0)
+    q.submit(bulk("file", 0.0))
+    q.submit(job("a", False, 0.5))
+    q.submit(job("c", True, 0.7))
+    assert q.next_batch(2.5)[0][0].request == "c-0.7", "a live final still comes first"
+    assert q.next_batch(2.5)[0][0].request == "file-0.0", "aged: ahead of the interim"
+    q.submit(bulk("file", 3.0))
+    q.submit(job("d", True, 40.0))
+    assert q.next_batch(40.0)[0][0].request == "file-3.0", "starved: ahead of finals too"
+
+
+def test_bulk_is_background_work_and_shares_no_batch_with_live() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=8)
+    q.submit(bulk("file", 0.0))
+    assert q.next_batch(100.0, allow_background=False) == ([], None), "never on the finals worker"
+    q.submit(job("c", True, 1.0))
+    batch, _ = q.next_batch(100.0)
+    assert [j.request for j in batch] == ["file-0.0"], "starved bulk first, alone"
+    assert q.finals_waiting == 1 and len(q) == 1
+
+
+def test_bulk_requests_are_served_in_submission_order() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1)
+    for session, t in (("f1", 0.0), ("f2", 0.1), ("f1", 0.2)):
+        q.submit(bulk(session, t))
+    order = [q.next_batch(0.5)[0][0].request for _ in range(3)]
+    assert order == ["f1-0.0", "f2-0.1", "f1-0.2"]
 
 
 def test_drop_session() -> None:
@@ -72,7 +116,8 @@ def test_drop_session() -> None:
     q.submit(job("a", True, 0.0))
     q.submit(job("a", False, 0.0))
     q.submit(job("b", True, 0.0))
-    assert len(q.drop_session("a")) == 2 and len(q) == 1
+    q.submit(bulk("a", 0.0))
+    assert len(q.drop_session("a")) == 3 and len(q) == 1
 
 
 class GatedEngine:
@@ -192,7 +237,7 @@ def test_promote_and_withdraw() -> None:
     q.submit(other)
     q.withdraw(other)
     assert other.cancelled and len(q) == 1
-    assert q.next_batch(1.0, allow_interims=False)[0] == [guess]
+    assert q.next_batch(1.0, allow_background=False)[0] == [guess]
 
 
 async def test_wait_estimate_counts_batches_as_big_as_they_have_been() -> None:
