@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from server import serving
+from server import rest, serving
 from server.asr import DecodeOptions, EngineError, WhisperEngine, resolve_device
 from server.config import BUILTIN_MODEL, Settings
 from server.connection import serve_listen
@@ -180,7 +180,12 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
 
     net = settings.network
-    app = App(runtime, sessions={LISTEN_PATH: serve_listen}, web_root=net.web_root)
+    app = App(
+        runtime,
+        sessions={LISTEN_PATH: serve_listen},
+        rest=rest.handlers(runtime),
+        web_root=net.web_root,
+    )
     server = serving.build_server(
         app,
         max_frame_bytes=settings.limits.max_frame_bytes,

@@ -20,6 +20,7 @@ from typing import Any
 from websockets.frames import CloseCode
 
 from server.audio import AudioDecodeError, StreamDecoder, decoder_for
+from server.dispatch import Dispatcher
 from server.limits import RateLimiter, Refusal, admission
 from server.outbox import Outbox
 from server.protocol import (
@@ -35,9 +36,8 @@ from server.protocol import (
     to_json,
 )
 from server.runtime import Phase, Runtime, model_info, session_config
-from server.scheduler import Job
 from server.session import Action, Cancel, Close, Promote, Send, Session, Transcribe
-from server.transcription import AsrRequest, AsrResult
+from server.transcription import AsrResult
 from server.websocket import Disconnected, WebSocket
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class Connection:
         self._closed = asyncio.Event()
         self._close_code: int | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._submitted_s: dict[int, tuple[float, bool]] = {}
-        self._jobs: dict[int, Job[AsrRequest, AsrResult]] = {}
+        self._dispatcher: Dispatcher | None = None
         self._control = RateLimiter.per_second(limits.max_control_per_s, time.monotonic())
         self.session: Session | None = None
         self.decoder: StreamDecoder | None = None
@@ -130,6 +129,7 @@ class Connection:
             self._apply(self.session.fail(refusal.code, refusal.message, refusal.close_code))
             await asyncio.gather(self._send_loop(), self._discard_incoming())
             return
+        self._dispatcher = Dispatcher(rt, self.request_id, self._on_result)
         rt.connections.add(self)
         rt.metrics.sessions_total.inc()
         rt.metrics.sessions_active.inc()
@@ -167,8 +167,7 @@ class Connection:
                     await self._closer
             watcher.cancel()
             self.decoder.close()
-            if rt.scheduler is not None:
-                rt.scheduler.cancel_session(self.request_id)
+            self._dispatcher.cancel_all()
             rt.connections.discard(self)
             rt.metrics.sessions_active.dec()
             rt.metrics.audio_seconds_total.inc(self.session.counters.audio_s)
@@ -350,60 +349,21 @@ class Connection:
             if isinstance(action, Send):
                 self._enqueue(action.message)
             elif isinstance(action, Transcribe):
-                self._submit(action)
+                assert self._dispatcher is not None
+                self._dispatcher.submit(action)
             elif isinstance(action, Promote | Cancel):
-                self._steer(action)
+                assert self._dispatcher is not None
+                self._dispatcher.steer(action)
             else:
                 self._outbox.push_close(action)
                 self._out_ready.set()
         if not self.session.backlog_full:
             self._backlog_ok.set()
 
-    def _submit(self, action: Transcribe) -> None:
-        scheduler = self.runtime.scheduler
-        engine = self.runtime.engine
-        assert scheduler is not None and engine is not None
-        request = action.request
-        if not action.speculative:
-            self._submitted_s[action.ticket] = (time.monotonic(), request.final)
-
-        def done(outcome: object) -> None:
-            self._jobs.pop(action.ticket, None)
-            self._on_result(action.ticket, outcome)
-
-        self._jobs[action.ticket] = scheduler.submit(
-            self._loop,
-            self.request_id,
-            request,
-            final=request.final,
-            batch_key=(request.language, request.hotwords, request.final, request.task),
-            on_done=done,
-            speculative=action.speculative,
-            cost=engine.pack_cost_s(request),
-        )
-
-    def _steer(self, action: Promote | Cancel) -> None:
-        scheduler = self.runtime.scheduler
-        job = self._jobs.get(action.ticket)
-        if scheduler is None or job is None:
-            return  # already done: a promoted result is in hand, a cancelled one is ignored
-        if isinstance(action, Promote):
-            self._submitted_s[action.ticket] = (time.monotonic(), True)
-            scheduler.promote(job)
-        else:
-            self._jobs.pop(action.ticket, None)
-            scheduler.withdraw(job)
-
-    def _on_result(self, ticket: int, outcome: object) -> None:
+    def _on_result(self, ticket: int, outcome: AsrResult | BaseException) -> None:
         assert self.session is not None
-        submitted = self._submitted_s.pop(ticket, None)
-        if submitted is not None:
-            kind = "final" if submitted[1] else "interim"
-            self.runtime.metrics.result_latency.labels(kind).observe(
-                time.monotonic() - submitted[0]
-            )
         try:
-            self._apply(self.session.on_result(ticket, outcome))  # type: ignore[arg-type]
+            self._apply(self.session.on_result(ticket, outcome))
         except Exception:
             self.log.exception("result handling failed")
             self._apply(
