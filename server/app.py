@@ -25,7 +25,8 @@ from server import rest, serving
 from server.asr import DecodeOptions, EngineError, WhisperEngine, resolve_device
 from server.config import BUILTIN_MODEL, Settings
 from server.connection import serve_listen
-from server.http import LISTEN_PATH, App
+from server.http import LISTEN_PATH, REALTIME_PATH, App
+from server.realtime import serve_realtime
 from server.runtime import Phase, Runtime, model_info
 from server.scheduler import Scheduler
 from vad.base import SpeechClassifier
@@ -182,7 +183,7 @@ async def serve(settings: Settings) -> int:
     net = settings.network
     app = App(
         runtime,
-        sessions={LISTEN_PATH: serve_listen},
+        sessions={LISTEN_PATH: serve_listen, REALTIME_PATH: serve_realtime},
         rest=rest.handlers(runtime),
         web_root=net.web_root,
     )
