@@ -29,7 +29,7 @@ import numpy.typing as npt
 from server.audio import AudioDecodeError, decoder_for
 from server.connection import SessionLog
 from server.dispatch import Dispatcher
-from server.protocol import CloseStream, Error, Results, StreamOptions
+from server.protocol import SAMPLE_RATE_HZ, CloseStream, Error, Results, StreamOptions
 from server.runtime import Runtime, session_config
 from server.session import Action, Cancel, Promote, Send, Session, Transcribe
 from server.transcription import AsrResult
@@ -37,7 +37,9 @@ from server.transcription import AsrResult
 log = logging.getLogger(__name__)
 
 READ_BYTES = 64 * 1024
-"""Upload bytes decoded per step (2 s of 16 kHz PCM); the event loop runs between steps."""
+"""Upload bytes decoded per step (2 s of 16 kHz PCM)."""
+FEED_SAMPLES = SAMPLE_RATE_HZ
+"""Audio the VAD goes through in one go (about 1 ms of work); the event loop runs between."""
 
 
 class FileError(Exception):
@@ -120,7 +122,7 @@ class FileTranscriber:
                 except AudioDecodeError as exc:
                     raise FileError(400, f"the audio cannot be decoded: {exc}") from exc
                 await self._feed(samples)
-                while self.session.backlog_full or self._error is not None:
+                while self.session.backlog_full:
                     await self._wait()
                     for segment in self._take():
                         yield segment
@@ -161,10 +163,11 @@ class FileTranscriber:
     # ------------------------------------------------------------------ internals
 
     async def _feed(self, samples: npt.NDArray[np.float32]) -> None:
-        self._apply(self.session.feed_samples(samples))
-        await asyncio.sleep(0)  # let live sessions run between pieces of a long file
-        if self._error is not None:
-            raise self._error
+        for start in range(0, len(samples), FEED_SAMPLES):
+            self._apply(self.session.feed_samples(samples[start : start + FEED_SAMPLES]))
+            await asyncio.sleep(0)  # live sessions run between pieces of a long file
+            if self._error is not None:
+                raise self._error
 
     async def _wait(self) -> None:
         """Until a result came in (or the transcription failed)."""

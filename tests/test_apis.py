@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import itertools
 import json
+import signal
 import warnings
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +250,29 @@ def test_openai_realtime_client_transcribes(server: ServerProcess, audio_dir: Pa
     assert order[:2] == ["session.created", "session.updated"]
     assert "input_audio_buffer.speech_started" in order
     assert JFK in normalize(" ".join(transcripts.values()))
+
+
+def test_drain_ends_a_file_transcription_with_a_message_to_retry(
+    server_factory: Any, audio_dir: Path
+) -> None:
+    from openai import APIError
+
+    srv = server_factory()
+    pcm, rate, _ = read_wav(audio_dir / "jfk_inaugural.wav")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm * 8)
+    events = iter(
+        openai_client(srv).audio.transcriptions.create(
+            model="whisper-1", file=("long.wav", buffer.getvalue()), stream=True
+        )
+    )
+    assert next(events).type == "transcript.text.delta"
+    srv.send_signal(signal.SIGTERM)
+    with pytest.raises(APIError, match="shutting down"):
+        for _ in events:
+            pass
+    assert srv.proc.wait(timeout=30) == 0, "a clean drain"
