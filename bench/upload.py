@@ -37,20 +37,19 @@ from bench.workload import SAMPLE_RATE_HZ, ClientStream, client_streams, load_fi
 
 
 def long_file(clip_dir: Path, seconds: float, gap_s: float = 0.5) -> tuple[bytes, float]:
-    """A WAV of the clips in `clip_dir` (16 kHz mono) repeated in order to `seconds`."""
+    """A WAV of exactly `seconds`: the clips in `clip_dir` (16 kHz mono) in order, repeated."""
     clips = [read_wav(p) for p in sorted(clip_dir.glob("*.wav"))]
     if not clips:
         raise SystemExit(f"no WAV clips in {clip_dir}")
     gap = np.zeros(int(gap_s * SAMPLE_RATE_HZ), dtype=np.int16)
+    wanted = int(seconds * SAMPLE_RATE_HZ)
     parts: list[npt.NDArray[np.int16]] = []
     total = 0
-    while total < seconds * SAMPLE_RATE_HZ:
+    while total < wanted:
         for clip in clips:
             parts += [clip, gap]
             total += len(clip) + len(gap)
-            if total >= seconds * SAMPLE_RATE_HZ:
-                break
-    samples = np.concatenate(parts)
+    samples = np.concatenate(parts)[:wanted]
     out = io.BytesIO()
     with wave.open(out, "wb") as wav:
         wav.setnchannels(1)
@@ -133,7 +132,7 @@ async def live_round(
 
 async def run(args: argparse.Namespace) -> list[Round]:
     files = load_files(args.audio_dir)
-    streams = client_streams(files, args.streams, gap_s=1.0)
+    streams = client_streams(files, args.streams, duration_s=args.duration_s, gap_s=1.0)
     wav, file_s = long_file(args.clips, args.file_s)
     print(
         f"live: {args.streams} streams of {streams[0].duration_s:.0f} s; upload: "
@@ -226,6 +225,12 @@ def table(rounds: Sequence[Round]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench upload", description=__doc__)
     parser.add_argument("--streams", type=int, default=4, help="live real-time streams")
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="live audio per stream (whole files; default all of --audio-dir)",
+    )
     parser.add_argument("--file-s", type=float, default=600.0, help="length of the upload")
     parser.add_argument("--rounds", type=int, default=1, help="pairs of rounds (alone, loaded)")
     parser.add_argument("--audio-dir", type=Path, default=SHARED_DIR / "audio")
