@@ -254,3 +254,36 @@ async def test_wait_estimate_counts_batches_as_big_as_they_have_been() -> None:
         scheduler.submit(loop, f"s{i}", f"f{i}", final=True, batch_key="en", on_done=print)
     # 8 finals ahead / 2 per batch = 4 batches of 2.0 s over 2 workers.
     assert scheduler.estimated_final_wait_s() == 4.0
+
+
+async def test_bulk_work_leaves_the_finals_worker_free() -> None:
+    engine = GatedEngine()
+    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
+    scheduler.start()
+    loop = asyncio.get_running_loop()
+    results: dict[str, asyncio.Future[object]] = {}
+
+    def submit(session: str, request: str, *, bulk: bool) -> None:
+        fut: asyncio.Future[object] = loop.create_future()
+        results[request] = fut
+        scheduler.submit(
+            loop, session, request, final=True, batch_key="en", on_done=fut.set_result, bulk=bulk
+        )
+
+    try:
+        submit("file", "b1", bulk=True)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        submit("file2", "b2", bulk=True)
+        submit("live", "f1", bulk=False)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        assert engine.calls[1] == ["f1"], "the free worker took the live final, not bulk work"
+        engine.gate("f1").set()
+        assert await asyncio.wait_for(results["f1"], 5) == "F1"
+        assert len(engine.calls) == 2, "b2 waits for the background worker"
+        engine.gate("b1").set()
+        engine.gate("b2").set()
+        assert await asyncio.wait_for(results["b2"], 5) == "B2"
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        scheduler.stop()
