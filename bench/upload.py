@@ -4,10 +4,10 @@ One server; N live clients stream ../shared/audio at real time (interim results 
 `bench capacity` does), first alone, then while a long file (../shared/speech-dev clips
 concatenated to `--file-s` seconds) is being transcribed through
 `POST /v1/audio/transcriptions?stream=true`, which goes through the scheduler's bulk lane.
-Rounds alternate (alone, with the upload, ...) so that drift on a shared machine hits both.
+Rounds alternate (alone, with the upload, ...) so that drift on a shared machine hits both;
+the upload is cancelled when its live round ends (`--finish-upload` waits for it instead).
 Prints final latency p50/p95 of the live streams per round, the ratio of the p95s, the
-upload's progress (finals received while the live streams ran, and when it finished) and
-the load average.
+upload's progress (finals received while the live streams ran) and the load average.
 """
 
 from __future__ import annotations
@@ -162,8 +162,12 @@ async def run(args: argparse.Namespace) -> list[Round]:
                 during = None
                 if task is not None:
                     during = sum(started <= t <= ended for t in progress.finals_at_s)
+                    if not args.finish_upload:
+                        task.cancel()  # the server stops a file whose client went away
                     try:
                         await asyncio.wait_for(task, args.upload_timeout_s)
+                    except asyncio.CancelledError:
+                        pass
                     except TimeoutError:
                         progress.error = (
                             f"not done {args.upload_timeout_s:.0f} s after the live run"
@@ -242,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="the upload starts this long before the live streams",
+    )
+    parser.add_argument(
+        "--finish-upload",
+        action="store_true",
+        help="let the upload finish after the live streams (default: cancel it)",
     )
     parser.add_argument(
         "--upload-timeout-s",
