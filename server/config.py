@@ -276,8 +276,8 @@ _FLAGS: tuple[_Flag, ...] = (
         "limits",
         "max_upload_bytes",
         _positive_int,
-        "largest audio file a REST request may upload (413 past it; default 512 MiB: an hour "
-        "of 44.1 kHz stereo WAV, days of compressed speech)",
+        "largest audio file a REST request may upload (413 past it; default 512 MiB: 50 min "
+        "of CD-quality WAV, 4.6 h of 16 kHz mono WAV, days of compressed speech)",
     ),
     _Flag(
         "api-key",
