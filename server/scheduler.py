@@ -9,9 +9,11 @@
   finals and before interims; `promote` turns one into a final, `withdraw` drops it;
 - a session's newer interim (or speculative) request replaces its queued older one;
 - bulk requests (file transcriptions: nobody watches them live) come after everything
-  else, first in first out. So that live load cannot starve them, a bulk request that has
-  waited `bulk_aging_s` moves ahead of interims, and one that has waited `bulk_max_wait_s`
-  ahead of everything; bulk work never takes the worker kept for finals (below);
+  else, first in first out, and starts only while no live final is being transcribed (so
+  that a live final arriving meanwhile finds a worker free). So that live load cannot
+  starve them, a bulk request that has waited `bulk_aging_s` moves ahead of interims, and
+  one that has waited `bulk_max_wait_s` ahead of everything, whatever runs; bulk work never
+  takes the worker kept for finals (below);
 - a batch holds requests of one lane (bulk or live) and one batch key (what the engine can
   share a call for; finals and speculative finals may share one) and closes when full
   (`max_batch` requests, or
@@ -151,16 +153,19 @@ class BatchQueue(Generic[Req, Res]):
         return [*gone, *(j for j in others if j is not None)]
 
     def next_batch(
-        self, now_s: float, *, allow_background: bool = True
+        self, now_s: float, *, allow_background: bool = True, allow_bulk: bool = True
     ) -> tuple[list[Job[Req, Res]], float | None]:
         """Pop the next batch if one is due; else return ([], seconds until one is due or None).
-        `allow_background` False: only live finals and speculative ones (see the module)."""
+        `allow_background` False: only live finals and speculative ones; `allow_bulk` False:
+        no bulk request unless it has waited `bulk_max_wait_s` (see the module)."""
         finals = sorted(self._finals, key=lambda j: (j.vstart, j.seq))
         specs = sorted(self._specs.values(), key=lambda j: j.seq)
         if not allow_background:
             candidates = finals + specs
         else:
             starved, aged, young = self._bulk_by_age(now_s)
+            if not allow_bulk:
+                aged, young = [], []
             interims = sorted(self._interims.values(), key=lambda j: j.seq)
             candidates = starved + finals + specs + aged + interims + young
         if not candidates:
@@ -360,7 +365,12 @@ class Scheduler(Generic[Req, Res]):
                 if self._stopping:
                     return None
                 allow = self._busy_background < self._background_slots
-                batch, wait_s = self._queue.next_batch(self._clock(), allow_background=allow)
+                # A bulk request starts only while no live final runs: a live final that
+                # comes during it then finds the other worker free.
+                live_finals_running = self._busy > self._busy_background
+                batch, wait_s = self._queue.next_batch(
+                    self._clock(), allow_background=allow, allow_bulk=not live_finals_running
+                )
                 if batch:
                     background = batch[0].background  # promotion may change it later
                     self._busy += 1

@@ -103,6 +103,13 @@ def test_bulk_is_background_work_and_shares_no_batch_with_live() -> None:
     assert q.finals_waiting == 1 and len(q) == 1
 
 
+def test_bulk_can_be_held_back_unless_starved() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1, bulk_aging_s=2.0, bulk_max_wait_s=30.0)
+    q.submit(bulk("file", 0.0))
+    assert q.next_batch(5.0, allow_bulk=False) == ([], None)
+    assert q.next_batch(30.0, allow_bulk=False)[0][0].request == "file-0.0"
+
+
 def test_bulk_requests_are_served_in_submission_order() -> None:
     q: BatchQueue[str, str] = BatchQueue(max_batch=1)
     for session, t in (("f1", 0.0), ("f2", 0.1), ("f1", 0.2)):
@@ -283,6 +290,35 @@ async def test_bulk_work_leaves_the_finals_worker_free() -> None:
         engine.gate("b1").set()
         engine.gate("b2").set()
         assert await asyncio.wait_for(results["b2"], 5) == "B2"
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        scheduler.stop()
+
+
+async def test_bulk_work_waits_while_a_live_final_runs() -> None:
+    engine = GatedEngine()
+    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
+    scheduler.start()
+    loop = asyncio.get_running_loop()
+    results: dict[str, asyncio.Future[object]] = {}
+
+    def submit(session: str, request: str, *, bulk: bool) -> None:
+        fut: asyncio.Future[object] = loop.create_future()
+        results[request] = fut
+        scheduler.submit(
+            loop, session, request, final=True, batch_key="en", on_done=fut.set_result, bulk=bulk
+        )
+
+    try:
+        submit("live", "f1", bulk=False)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        submit("file", "b1", bulk=True)
+        assert not await asyncio.to_thread(engine.entered.acquire, True, 0.2), "b1 waits"
+        engine.gate("f1").set()
+        engine.gate("b1").set()
+        assert await asyncio.wait_for(results["b1"], 5) == "B1"
+        assert engine.calls == [["f1"], ["b1"]]
     finally:
         for gate in engine.gates.values():
             gate.set()
