@@ -219,10 +219,20 @@ def table(rounds: Sequence[Round]) -> str:
         pa, pb = a.p(95), b.p(95)
         if pa and pb:
             lines.append(f"p95 with / without ({b.label[-2:]}): {pb / pa:.2f}")
+    ratios = [
+        b_p / a_p
+        for a, b in zip(alone, loaded, strict=True)
+        if (a_p := a.p(95)) and (b_p := b.p(95))
+    ]
+    if len(ratios) > 1:
+        lines.append(f"p95 with / without, median of the pairs: {float(np.median(ratios)):.2f}")
     pooled_a = percentile([x for r in alone for x in r.latencies_s], 95)
     pooled_b = percentile([x for r in loaded for x in r.latencies_s], 95)
     if pooled_a and pooled_b and len(alone) > 1:
-        lines.append(f"p95 with / without (all rounds pooled): {pooled_b / pooled_a:.2f}")
+        lines.append(
+            f"p95 with / without, all rounds pooled: {pooled_a:.2f} s -> {pooled_b:.2f} s, "
+            f"{pooled_b / pooled_a:.2f}"
+        )
     return "\n".join(lines)
 
 
