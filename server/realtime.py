@@ -240,7 +240,7 @@ class RealtimeConnection:
                 self._dispatcher.submit(action)
             elif isinstance(action, Promote | Cancel):
                 self._dispatcher.steer(action)
-            else:
+            elif isinstance(action, Close):
                 self._outbox.push_close(action)
                 self._out_ready.set()
         if not self.session.backlog_full:
