@@ -91,7 +91,7 @@ class BatchQueue(Generic[Req, Res]):
     max_batch: int
     batch_wait_s: float = 0.0
     max_batch_cost: float = math.inf
-    bulk_aging_s: float = 2.0
+    bulk_aging_s: float = 10.0
     """A bulk request waiting this long goes ahead of interims."""
     bulk_max_wait_s: float = 30.0
     """A bulk request waiting this long goes ahead of everything (on a background worker)."""
