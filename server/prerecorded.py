@@ -66,8 +66,7 @@ def response(
     }
     if warnings:
         metadata["warnings"] = [
-            {"parameter": "encoding", "type": "invalid_audio", "message": text}
-            for text in warnings
+            {"parameter": "encoding", "type": "invalid_audio", "message": text} for text in warnings
         ]
     alternative = {
         "transcript": " ".join(r.transcript for r in finals),
