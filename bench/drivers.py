@@ -1,6 +1,6 @@
 """Benchmark clients: stream one `ClientStream` at real-time pace and record what comes back.
 
-`stream_ours` speaks ../shared/PROTOCOL.md (PCM16 frames, `Results`, `CloseStream`);
+`stream_ours` speaks our protocol (PCM16 frames, `Results`, `CloseStream`; server.protocol);
 `stream_peer` speaks WhisperLive's protocol (JSON options, float32 frames, segment lists,
 `END_OF_AUDIO`). Both send chunks on a wall-clock schedule (no drift under load) and log
 when each chunk's last sample went out, so latencies can be measured from the send side.
@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from bench.metrics_calc import Caption, SendLog, Span
 from bench.peer_segments import PeerTranscript, parse_segments
 from bench.workload import SAMPLE_RATE_HZ, ClientStream
+from server.protocol import Error, MessageError, Results, from_json
 
 logger = logging.getLogger(__name__)
 
@@ -100,29 +101,14 @@ def _ours_url(base_ws_url: str) -> str:
     return f"{base_ws_url.rstrip('/')}/v1/listen?{query}"
 
 
-def _ours_caption(message: dict[str, object], arrival_wall_s: float) -> Caption | None:
-    channel = message.get("channel")
-    if not isinstance(channel, dict):
-        return None
-    alternatives = channel.get("alternatives")
-    if not isinstance(alternatives, list) or not alternatives:
-        return None
-    first = alternatives[0]
-    text = str(first.get("transcript", "")) if isinstance(first, dict) else ""
-    start_s = float(str(message.get("start", 0.0)))
-    duration_s = float(str(message.get("duration", 0.0)))
-    words = first.get("words") if isinstance(first, dict) else None
+def _ours_caption(message: Results, arrival_wall_s: float) -> Caption:
     return Caption(
         arrival_wall_s=arrival_wall_s,
-        start_stream_s=start_s,
-        end_stream_s=start_s + duration_s,
-        text=text,
-        is_final=bool(message.get("is_final", False)),
-        words=tuple(
-            Span(float(w["start"]), float(w["end"]))
-            for w in (words if isinstance(words, list) else [])
-            if isinstance(w, dict) and "start" in w and "end" in w
-        ),
+        start_stream_s=message.start_s,
+        end_stream_s=message.start_s + message.duration_s,
+        text=message.transcript,
+        is_final=message.is_final,
+        words=tuple(Span(w.start_s, w.end_s) for w in message.words),
     )
 
 
@@ -132,19 +118,19 @@ async def _receive_ours(ws: ClientConnection, result: ClientResult, stop: asynci
             arrival = time.monotonic()
             if not isinstance(raw, str):
                 continue
-            message = json.loads(raw)
-            kind = message.get("type")
-            if kind == "Results":
+            try:
+                message = from_json(raw)
+            except MessageError as exc:
+                result.errors.append(str(exc))
+                continue
+            if isinstance(message, Results):
                 caption = _ours_caption(message, arrival)
-                if caption is None:
-                    continue
                 if not caption.is_final and caption.text.strip():
                     result.interim_updates += 1
                 result.captions.append(caption)
-            elif kind == "Error":
-                code = str(message.get("code", ""))
-                result.errors.append(f"{code}: {message.get('message', '')}")
-                if code in REFUSAL_CODES:
+            elif isinstance(message, Error):
+                result.errors.append(f"{message.code}: {message.message}")
+                if message.code in REFUSAL_CODES:
                     result.refused = True
                     stop.set()
 

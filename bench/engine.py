@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,9 +23,8 @@ import numpy.typing as npt
 
 from server.asr import DecodeOptions, WhisperEngine
 from server.transcription import AsrRequest
+from tests.support.paths import SHARED_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 MAX_CLIP_S = 25.0
 
 

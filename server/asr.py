@@ -1,9 +1,15 @@
 """Whisper engine: batched encode/generate/align over many streams; the ONLY faster_whisper import.
 
 One call of `transcribe_batch` runs the encoder once per prompt group (requests with the
-same language, prompt layout and decoding mode), decodes every item of the group in one
-`generate` call, re-runs only the failing items at higher temperatures, and aligns words
+same language, task, prompt layout and decoding mode), decodes every item of the group in
+one `generate` call, re-runs only the failing items at higher temperatures, and aligns words
 per group. It is safe to call from `workers` threads at once (CTranslate2 replicas).
+
+Requests without a language are detected item by item and decoded in the language that
+`server.language` chooses against the stream's (`expected_language`); the prompts of one
+`generate` call share their language token, so such a group is split by language. An item
+with context is detected on its utterance alone, and loses its context when it is decoded
+in another language than the context's. Mandarin comes back in simplified characters.
 """
 
 from __future__ import annotations
@@ -25,17 +31,24 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
-from server import packing
+from server import hanzi, packing
+from server.language import DEFAULT_POLICY, LanguagePolicy, choose
+from server.protocol import Task
 from server.transcription import SAMPLE_RATE_HZ, AsrRequest, AsrResult, AsrWord
 
 log = logging.getLogger(__name__)
 
-WINDOW_FRAMES = 3000  # Whisper always sees 30 s of 10 ms mel frames
-MAX_AUDIO_SAMPLES = 30 * SAMPLE_RATE_HZ
+WINDOW_S = 30  # Whisper was trained on 30 s windows of 10 ms mel frames
+FRAMES_PER_S = 100
+MAX_AUDIO_SAMPLES = WINDOW_S * SAMPLE_RATE_HZ
 MAX_DECODER_POSITIONS = 448
 MAX_PREFIX_TOKENS = 160
 """Forced prefix tokens a request may carry: with hot words and the output budget of a
 25 s utterance the decoder's 448 positions are full."""
+LOST_SPEECH_S = 0.8
+"""Speech at either end of an utterance decoded after a context, without words, that has it
+decoded again alone: whisper-base stopped 0.8 s short of a Spanish final's end ("... en el
+archivo de", without "mi imaginación")."""
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -88,6 +101,22 @@ class DecodeOptions:
     """Silence between packed utterances."""
     max_packed_tokens: int = 400
     """Output bound of a packed window (Whisper's decoder holds 448 positions)."""
+    interim_window_s: int = 15
+    """Encoder window of an interim (at least its audio plus 1 s, in 5 s steps; 30: full).
+    The encoder's cost grows faster than its input: on the speech-dev utterances a 15 s
+    window cost a third of the CPU of a 30 s one at WER 0.100 vs 0.092 (greedy, tiny.en);
+    10 s windows made Whisper run on past the speech (WER 0.163). Finals keep 30 s."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """What the requests of one group share; `language` None: detected item by item."""
+
+    language: str | None
+    task: Task
+    hotwords: str | None
+    final: bool
+    window_s: int
 
 
 @dataclass
@@ -107,6 +136,15 @@ class _Item:
     no_speech_prob: float = 0.0
     compression_ratio: float = 0.0
     temperature: float = 0.0
+    language_probability: float = 1.0
+    offset_s: float = 0.0
+    """Seconds of the request's audio (its context) cut off before `request.audio`."""
+
+
+def _without_context(request: AsrRequest) -> AsrRequest:
+    """The request for its utterance alone."""
+    cut = round(request.context_s * SAMPLE_RATE_HZ)
+    return replace(request, audio=request.audio[cut:], context_s=0.0, prefix_tokens=())
 
 
 def compression_ratio(text: str) -> float:
@@ -196,6 +234,7 @@ class WhisperEngine:
         cpu_threads: int = 1,
         workers: int = 2,
         decode: DecodeOptions = DecodeOptions(),
+        language_policy: LanguagePolicy = DEFAULT_POLICY,
     ) -> None:
         if not (model_dir / "model.bin").is_file():
             raise EngineError(
@@ -206,6 +245,7 @@ class WhisperEngine:
         self.compute_type = resolve_compute_type(compute_type, self.device)
         self.name = name
         self.decode = decode
+        self.language_policy = language_policy
         self.filter = HallucinationFilter(decode)
         try:
             self._model = WhisperModel(
@@ -220,39 +260,77 @@ class WhisperEngine:
             raise EngineError(f"could not load the model in {model_dir}: {exc}") from exc
         self._ct2: Any = self._model.model
         self.multilingual = bool(self._ct2.is_multilingual)
-        self.languages: tuple[str, ...] = tuple(self._model.supported_languages)
+        # faster-whisper names every code it knows (100); a model has tokens for its own
+        # (Whisper before large-v3 has no <|yue|>).
+        vocabulary = self._model.hf_tokenizer
+        self.languages: tuple[str, ...] = tuple(
+            code
+            for code in self._model.supported_languages
+            if not self.multilingual or vocabulary.token_to_id(f"<|{code}|>") is not None
+        )
         self.default_language = None if self.multilingual else "en"
-        self._tokenizers: dict[str, Tokenizer] = {}
+        self._tokenizers: dict[tuple[str, Task], Tokenizer] = {}
         self._suppress: dict[str, list[int]] = {}
-        self._tokenizer("en")
+        """Tokens suppressed while decoding, by language (the same for both tasks)."""
+        self._tokenizer("en", "transcribe")
 
     # ------------------------------------------------------------------ helpers
 
-    def _tokenizer(self, language: str) -> Tokenizer:
-        tok = self._tokenizers.get(language)
+    def _tokenizer(self, language: str, task: Task) -> Tokenizer:
+        key = (language, task)
+        tok = self._tokenizers.get(key)
         if tok is None:
             tok = Tokenizer(
-                self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language
+                self._model.hf_tokenizer, self.multilingual, task=task, language=language
             )
-            self._tokenizers[language] = tok
-            self._suppress[language] = list(get_suppressed_tokens(tok, (-1,)) or ())
+            self._tokenizers[key] = tok
+            self._suppress[tok.language_code] = list(get_suppressed_tokens(tok, (-1,)) or ())
         return tok
 
-    def _features(self, audio: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int]:
-        clipped = audio[:MAX_AUDIO_SAMPLES]
+    def window_s(self, request: AsrRequest) -> int:
+        """The encoder window a request is decoded in (see DecodeOptions.interim_window_s)."""
+        shortest = self.decode.interim_window_s
+        if request.final or shortest >= WINDOW_S:
+            return WINDOW_S
+        needed = math.ceil(request.duration_s + 1.0)
+        return min(WINDOW_S, max(shortest, 5 * math.ceil(needed / 5)))
+
+    def _features(
+        self, audio: npt.NDArray[np.float32], window_s: int = WINDOW_S
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        clipped = audio[: window_s * SAMPLE_RATE_HZ]
         feats = self._model.feature_extractor(clipped)[..., :-1]
-        num_frames = min(int(feats.shape[-1]), WINDOW_FRAMES)
-        return np.ascontiguousarray(pad_or_trim(feats), dtype=np.float32), num_frames
+        window_frames = window_s * FRAMES_PER_S
+        num_frames = min(int(feats.shape[-1]), window_frames)
+        padded = pad_or_trim(feats, length=window_frames)
+        return np.ascontiguousarray(padded, dtype=np.float32), num_frames
 
     def _encode(self, items: Sequence[_Item]) -> Any:
         batch = np.stack([item.features for item in items])
         return self._model.encode(batch)
 
-    def _detect_languages(self, encoded: Any, items: Sequence[_Item]) -> list[str]:
-        if not self.multilingual:
-            return ["en"] * len(items)
-        detected = self._ct2.detect_language(encoded)
-        return [pairs[0][0][2:-2] for pairs in detected]
+    def _languages(self, encoded: Any) -> list[list[tuple[str, float]]]:
+        """The detector's (language, probability) pairs for each encoded window."""
+        return [
+            [(token[2:-2], float(p)) for token, p in pairs]
+            for pairs in self._ct2.detect_language(encoded)
+        ]
+
+    def _detect(self, items: Sequence[_Item], encoded: Any) -> list[list[tuple[str, float]]]:
+        """What the detector hears in each item's utterance: from the group's encoding, or
+        for an item with context, from its utterance alone (the context would outvote a
+        change of language)."""
+        detected: list[list[tuple[str, float]]] = [[] for _ in items]
+        if any(not it.prefix for it in items):
+            detected = self._languages(encoded)
+        own = [k for k, it in enumerate(items) if it.prefix]
+        if own:
+            features = [self._features(_without_context(items[k].request).audio)[0] for k in own]
+            for k, pairs in zip(
+                own, self._languages(self._model.encode(np.stack(features))), strict=True
+            ):
+                detected[k] = pairs
+        return detected
 
     # ------------------------------------------------------------------ public
 
@@ -270,17 +348,23 @@ class WhisperEngine:
     def transcribe_batch(self, requests: Sequence[AsrRequest]) -> list[AsrResult]:
         """Transcribe many utterances (of any sessions) with shared encoder/decoder calls."""
         results: list[AsrResult | None] = [None] * len(requests)
-        groups: dict[tuple[str | None, str | None, bool], list[int]] = {}
+        groups: dict[_Group, list[int]] = {}
         for index, request in enumerate(requests):
             language = request.language or self.default_language
-            key = (language, request.hotwords or None, request.final)
-            groups.setdefault(key, []).append(index)
-        for (language, hotwords, final), indices in groups.items():
-            items = self._items(requests, indices, pack=language is not None)
+            group = _Group(
+                language,
+                request.task,
+                request.hotwords or None,
+                request.final,
+                self.window_s(request),
+            )
+            groups.setdefault(group, []).append(index)
+        for group, indices in groups.items():
+            # A packed window is a full one; a language token is shared by all its members.
+            pack = group.language is not None and group.window_s == WINDOW_S
+            items = self._items(requests, indices, pack=pack)
             redo: list[int] = []
-            for item, result in zip(
-                items, self._run_group(items, language, hotwords, final), strict=True
-            ):
+            for item, result in zip(items, self._run_group(items, group), strict=True):
                 if not item.members:
                     results[item.index] = result
                     continue
@@ -293,9 +377,7 @@ class WhisperEngine:
             if redo:
                 log.debug("%d packed utterance(s) transcribed again on their own", len(redo))
                 items = self._items(requests, redo, pack=False)
-                for item, result in zip(
-                    items, self._run_group(items, language, hotwords, final), strict=True
-                ):
+                for item, result in zip(items, self._run_group(items, group), strict=True):
                     results[item.index] = result
         return [r if r is not None else AsrResult(text="", rejected="empty") for r in results]
 
@@ -325,7 +407,7 @@ class WhisperEngine:
                 continue
             first = requests[members[0]]
             audio, spans = packing.lay_out([requests[i].audio for i in members], opts.pack_gap_s)
-            packed = AsrRequest(audio, first.language, first.hotwords, first.final)
+            packed = AsrRequest(audio, first.language, first.hotwords, first.final, task=first.task)
             feats, frames = self._features(audio)
             speech_s = sum(requests[i].duration_s for i in members)
             budget = self._token_budget(speech_s, opts.max_packed_tokens)
@@ -334,20 +416,24 @@ class WhisperEngine:
             )
         return items
 
-    def _single(self, index: int, request: AsrRequest) -> _Item:
-        """The item of one request; a context too long for the decoder is dropped (the
-        utterance is then decoded on its own)."""
+    def _single(self, index: int, request: AsrRequest, *, alone: bool = False) -> _Item:
+        """The item of one request; `alone` (or with a context too long for the decoder)
+        the utterance is decoded without its context, its word times still counted from
+        the start of the request's audio."""
         budget = self._token_budget(request.utterance_s, self.decode.max_new_tokens)
         prefix = request.prefix_tokens
         if prefix and len(prefix) > MAX_PREFIX_TOKENS:
             log.warning(
                 "a context of %d tokens was dropped (limit %d)", len(prefix), MAX_PREFIX_TOKENS
             )
-            cut = round(request.context_s * SAMPLE_RATE_HZ)
-            request = replace(request, audio=request.audio[cut:], context_s=0.0, prefix_tokens=())
-            prefix = ()
-        feats, frames = self._features(request.audio)
-        return _Item(index, request, feats, frames, budget, prefix)
+            alone = True
+        offset_s = 0.0
+        if alone:
+            offset_s, request = request.context_s, _without_context(request)
+        feats, frames = self._features(request.audio, self.window_s(request))
+        return _Item(
+            index, request, feats, frames, budget, request.prefix_tokens, offset_s=offset_s
+        )
 
     def _split(
         self, item: _Item, result: AsrResult, requests: Sequence[AsrRequest]
@@ -397,34 +483,64 @@ class WhisperEngine:
             rejected=verdict,
         )
 
-    def _run_group(
-        self, items: list[_Item], language: str | None, hotwords: str | None, final: bool
-    ) -> list[AsrResult]:
+    def _run_group(self, items: list[_Item], group: _Group) -> list[AsrResult]:
         encoded = self._encode(items)
-        if language is None:
-            languages = self._detect_languages(encoded, items)
-            if len(set(languages)) > 1:
-                # Prompts of one generate call share the language token: split by language.
-                out: dict[int, AsrResult] = {}
-                for lang in set(languages):
-                    sub = [it for it, lg in zip(items, languages, strict=True) if lg == lang]
-                    for it, res in zip(
-                        sub, self._run_group(sub, lang, hotwords, final), strict=True
-                    ):
-                        out[it.index] = res
-                return [out[it.index] for it in items]
-            language = languages[0]
-        tok = self._tokenizer(language)
+        if group.language is None:
+            return self._run_detected(items, encoded, group)
+        return self._run_known(items, encoded, group)
+
+    def _run_detected(self, items: list[_Item], encoded: Any, group: _Group) -> list[AsrResult]:
+        """Each item decoded in the language chosen for it; one `generate` call per language."""
+        items = list(items)
+        by_language: dict[str, list[int]] = {}
+        unchanged = True
+        for k, (item, detected) in enumerate(zip(items, self._detect(items, encoded), strict=True)):
+            request = item.request
+            extent = packing.speech_extent_s(_without_context(request).audio)
+            speech_s = extent[1] - extent[0] if extent else 0.0
+            choice = choose(
+                detected,
+                expected=request.expected_language,
+                speech_s=speech_s,
+                policy=self.language_policy,
+            )
+            log.debug(
+                "heard %s (p %.3f), stream's %s (p %.4f), %.1f s of speech: decoding in %s",
+                *detected[0],  # CTranslate2 lists the likeliest first
+                request.expected_language,
+                dict(detected).get(request.expected_language or "", 0.0),
+                speech_s,
+                choice.language,
+            )
+            if item.prefix and choice.language != request.expected_language:
+                item = items[k] = self._single(item.index, request, alone=True)
+                unchanged = False
+            item.language_probability = choice.probability
+            by_language.setdefault(choice.language, []).append(k)
+        if unchanged and len(by_language) == 1:
+            return self._run_known(items, encoded, replace(group, language=next(iter(by_language))))
+        results: dict[int, AsrResult] = {}
+        for language, positions in by_language.items():
+            sub = [items[k] for k in positions]
+            decoded = self._run_known(sub, self._encode(sub), replace(group, language=language))
+            results.update(zip(positions, decoded, strict=True))
+        return [results[k] for k in range(len(items))]
+
+    def _run_known(self, items: list[_Item], encoded: Any, group: _Group) -> list[AsrResult]:
+        language, final = group.language, group.final
+        assert language is not None, "detected groups go through _run_detected"
+        tok = self._tokenizer(language, group.task)
+        hotwords = group.hotwords
         if hotwords:
             # A long list of tiny words costs a lot of decoder time for every item.
             hotwords = tok.decode(tok.encode(" " + hotwords)[: self.decode.max_hotword_tokens])
         prompt = self._model.get_prompt(tok, [], without_timestamps=True, hotwords=hotwords)
-        self._decode(items, encoded, language, prompt, final, temperature=0.0)
+        self._decode(items, encoded, tok, prompt, final, temperature=0.0)
         for temperature in self.decode.temperatures[1:]:
             failing = [it for it in items if self._needs_fallback(it)]
             if not failing:
                 break
-            self._decode(failing, self._encode(failing), language, prompt, final, temperature)
+            self._decode(failing, self._encode(failing), tok, prompt, final, temperature)
         words: list[tuple[AsrWord, ...]] = [() for _ in items]
         # Packed windows are split by word times; interims of one group share the call.
         packed = any(it.members for it in items)
@@ -446,6 +562,13 @@ class WhisperEngine:
             kept_words = words[i] if verdicts[i] is None else ()
             if kept_words and text != texts[i]:
                 kept_words = kept_words[: len(text.split())]
+            if language == "zh" and group.task == "transcribe":
+                text, kept_words = _simplified(text, kept_words)
+            if it.offset_s:
+                kept_words = tuple(
+                    replace(w, start_s=w.start_s + it.offset_s, end_s=w.end_s + it.offset_s)
+                    for w in kept_words
+                )
             results.append(
                 AsrResult(
                     text=text,
@@ -454,11 +577,35 @@ class WhisperEngine:
                     no_speech_prob=it.no_speech_prob,
                     compression_ratio=it.compression_ratio,
                     temperature=it.temperature,
-                    language=language or "en",
+                    language=language,
+                    language_probability=it.language_probability,
                     rejected=verdicts[i],
                 )
             )
+        lost = [i for i, it in enumerate(items) if final and self._lost_speech(it, results[i])]
+        if lost:
+            # Whisper may stop after the context's words (or re-read context speech the
+            # prefix missed) and skip the utterance: decode those without their context.
+            log.debug("%d utterance(s) transcribed again without their context", len(lost))
+            alone = [self._single(items[i].index, items[i].request, alone=True) for i in lost]
+            for i, item in zip(lost, alone, strict=True):
+                item.language_probability = items[i].language_probability
+            redone = self._run_known(alone, self._encode(alone), group)
+            for i, result in zip(lost, redone, strict=True):
+                results[i] = result
         return results
+
+    def _lost_speech(self, item: _Item, result: AsrResult) -> bool:
+        """Whether a result decoded after a context misses speech of its utterance (see
+        `packing.needs_redo`; times relative to the utterance)."""
+        if not item.prefix or not (result.words or result.rejected == "empty"):
+            return False
+        context_s = item.request.context_s
+        times = [
+            (max(0.0, w.start_s - context_s), max(0.0, w.end_s - context_s)) for w in result.words
+        ]
+        extent = packing.speech_extent_s(_without_context(item.request).audio)
+        return packing.needs_redo(times, extent, max_missing_s=LOST_SPEECH_S)
 
     def _needs_fallback(self, item: _Item) -> bool:
         opts = self.decode
@@ -477,13 +624,12 @@ class WhisperEngine:
         self,
         items: Sequence[_Item],
         encoded: Any,
-        language: str,
+        tok: Tokenizer,
         prompt: list[int],
         final: bool,
         temperature: float,
     ) -> None:
         opts = self.decode
-        tok = self._tokenizer(language)
         beam = opts.beam_size if final else 1
         sampling = temperature > 0
         prompts = [prompt + list(it.prefix) for it in items]
@@ -496,14 +642,11 @@ class WhisperEngine:
             sampling_temperature=temperature if sampling else 1.0,
             patience=1.0,
             length_penalty=1.0,
-            max_length=min(
-                MAX_DECODER_POSITIONS,
-                max(len(p) + it.token_budget for p, it in zip(prompts, items, strict=True)),
-            ),
+            max_length=_max_length(prompt, items),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=self._suppress[language],
+            suppress_tokens=self._suppress[tok.language_code],
             max_initial_timestamp_index=50,
         )
         for item, output in zip(items, outputs, strict=True):
@@ -543,6 +686,24 @@ class WhisperEngine:
             merge_punctuations(alignment, PREPEND_PUNCTUATION, APPEND_PUNCTUATION)
             out[i] = tuple(_new_words(alignment, len(items[i].prefix)))
         return out
+
+
+def _simplified(text: str, words: tuple[AsrWord, ...]) -> tuple[str, tuple[AsrWord, ...]]:
+    texts = hanzi.pieces_to_simplified([w.text for w in words])
+    return hanzi.to_simplified(text), tuple(
+        replace(w, text=t) for w, t in zip(words, texts, strict=True)
+    )
+
+
+def _max_length(base: Sequence[int], items: Sequence[_Item]) -> int:
+    """`generate`'s max_length for prompts `base` + each item's prefix and its budget.
+
+    CTranslate2 (4.6-4.8) ends a Whisper output, forced prefix included, at max_length / 2
+    tokens (measured: max_length 10, 20, 40 gave 5, 10, 20 tokens); the prompt and the
+    output share the decoder's 448 positions.
+    """
+    output = max(len(it.prefix) + it.token_budget for it in items)
+    return 2 * min(MAX_DECODER_POSITIONS - len(base) - 1, output)
 
 
 def _new_words(alignment: Sequence[dict[str, Any]], prefix_len: int) -> list[AsrWord]:

@@ -30,7 +30,7 @@ from server.audio import AudioDecodeError, decoder_for
 from server.connection import SessionLog
 from server.dispatch import Dispatcher
 from server.protocol import SAMPLE_RATE_HZ, CloseStream, Error, Results, StreamOptions
-from server.runtime import Runtime, session_config
+from server.runtime import Runtime
 from server.session import Action, Cancel, Promote, Send, Session, Transcribe
 from server.transcription import AsrResult
 
@@ -89,7 +89,7 @@ class FileTranscriber:
             options, interim_results=False, vad_events=False, utterance_end_ms=None
         )
         # Speculation and adaptive endpointing save live latency; a file has none to save.
-        config = replace(session_config(runtime.settings), speculate_ms=None, sentence_end_ms=None)
+        config = replace(runtime.session_config, speculate_ms=None, sentence_end_ms=None)
         self.session = Session(
             request_id=request_id,
             options=self.options,

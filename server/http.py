@@ -301,7 +301,15 @@ class App:
         if not self.runtime.ready or path != LISTEN_PATH:
             return None  # refused with an Error after the handshake while loading
         try:
-            options_for(self.runtime, ws.target)
+            options = options_for(self.runtime, ws.target)
         except InvalidParameter as exc:
             return error(400, exc.message, parameter=exc.name)
+        if options.diarize and not self.runtime.speakers.available:
+            return error(
+                400,
+                "diarization needs the speaker encoder's weights on the server: run "
+                "'python -m cache fetch resemblyzer-encoder' there, or start it with "
+                "--speaker-model PATH",
+                parameter="diarize",
+            )
         return None

@@ -1,17 +1,21 @@
-"""Wire messages of PROTOCOL.md as frozen dataclasses: options, control frames, events; no I/O.
+"""Wire messages of /v1/listen (docs/protocol.md) as frozen dataclasses: options, control
+frames, events; `to_json` encodes an event, `from_json` decodes one (for clients); no I/O.
 
-Errors: `ProtocolError` (a client text frame we cannot honour) and `InvalidParameter`
-(a bad query parameter, refused at the handshake with HTTP 400).
+Errors, all ValueError:
+    ProtocolError     a client text frame we cannot honour (carries the Error code to send)
+    InvalidParameter  a bad query parameter, refused at the handshake with HTTP 400
+    MessageError      a server text frame that is not a protocol message (client side)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
 SAMPLE_RATE_HZ = 16_000
@@ -21,6 +25,8 @@ MIN_UTTERANCE_END_MS = 1_000
 G711_RATE_HZ = 8_000
 
 Encoding = Literal["linear16", "mulaw", "alaw"]
+Task = Literal["transcribe", "translate"]
+_TASKS: dict[str, Task] = {"transcribe": "transcribe", "translate": "translate"}
 _ENCODINGS: dict[str, Encoding] = {
     "linear16": "linear16",
     "pcm_s16le": "linear16",
@@ -77,6 +83,10 @@ class InvalidParameter(ValueError):
         self.message = message
 
 
+class MessageError(ValueError):
+    """A server text frame that is not a protocol message (not JSON, or no `type`)."""
+
+
 # ---------------------------------------------------------------- stream options
 
 
@@ -89,6 +99,11 @@ class StreamOptions:
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
     language: str | None = None
+    """None: detected per utterance (a multilingual model's default, and `multi`/`auto`)."""
+    report_languages: bool = False
+    """`language=multi`/`auto`: results name the languages heard (`languages`, per word)."""
+    task: Task = "transcribe"
+    """translate: English text whatever is spoken (multilingual models only)."""
     interim_results: bool = False
     endpointing_ms: int | None = None
     """None: the server's default; see `endpointing_off`."""
@@ -97,6 +112,7 @@ class StreamOptions:
     vad_events: bool = False
     keyterms: tuple[str, ...] = ()
     model: str | None = None
+    diarize: bool = False
 
 
 def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -158,6 +174,7 @@ def parse_options(
         channels = _parse_int("channels", raw, 1, 2)
 
     language: str | None = None
+    report_languages = False
     if (raw := _one(query, "language")) is not None and raw.strip():
         language = normalize_language(raw)
         if language == "auto" or language == "multi":
@@ -166,10 +183,21 @@ def parse_options(
                     "language", "automatic language detection needs a multilingual model"
                 )
             language = None
+            report_languages = True
         elif language not in languages:
             shown = ", ".join(sorted(languages)[:12])
             raise InvalidParameter(
                 "language", f"{raw!r} is not supported by the loaded model (supported: {shown})"
+            )
+
+    task: Task = "transcribe"
+    if (raw := _one(query, "task")) is not None:
+        if raw.strip().lower() not in _TASKS:
+            raise InvalidParameter("task", f"expected transcribe or translate, got {raw!r}")
+        task = _TASKS[raw.strip().lower()]
+        if task == "translate" and not multilingual:
+            raise InvalidParameter(
+                "task", "translation needs a multilingual model (this one is English-only)"
             )
 
     interim = False
@@ -202,12 +230,18 @@ def parse_options(
     if sum(len(t) for t in terms) > 500:
         raise InvalidParameter("keyterm", "key terms may total at most 500 characters")
 
+    diarize = False
+    if (raw := _one(query, "diarize")) is not None:
+        diarize = _parse_bool("diarize", raw)
+
     model = _one(query, "model")
     return StreamOptions(
         encoding=encoding,
         sample_rate_hz=sample_rate,
         channels=channels,
         language=language,
+        report_languages=report_languages,
+        task=task,
         interim_results=interim,
         endpointing_ms=endpointing_ms,
         endpointing_off=endpointing_off,
@@ -215,6 +249,7 @@ def parse_options(
         vad_events=vad_events,
         keyterms=tuple(dict.fromkeys(terms)),
         model=model.strip() if model else None,
+        diarize=diarize,
     )
 
 
@@ -298,6 +333,11 @@ class Word:
     end_s: float
     confidence: float
     punctuated_word: str
+    speaker: int | None = None
+    """With diarize=true: the talker, 0, 1, ... stable for the session."""
+    speaker_confidence: float | None = None
+    language: str | None = None
+    """Sent only when not None (`language=multi`/`auto` streams)."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +352,8 @@ class Results:
     transcript: str
     confidence: float
     words: tuple[Word, ...]
+    languages: tuple[str, ...] | None = None
+    """The languages heard, most words first; sent only when not None."""
 
 
 @dataclass(frozen=True)
@@ -346,8 +388,24 @@ def _r(value: float, digits: int = 3) -> float:
     return round(value, digits) if math.isfinite(value) else 0.0
 
 
+def _word_json(word: Word) -> dict[str, object]:
+    data: dict[str, object] = {
+        "word": word.word,
+        "start": _r(word.start_s),
+        "end": _r(word.end_s),
+        "confidence": _r(word.confidence, 4),
+        "punctuated_word": word.punctuated_word,
+    }
+    if word.speaker is not None:
+        data["speaker"] = word.speaker
+        data["speaker_confidence"] = _r(word.speaker_confidence or 0.0, 3)
+    if word.language is not None:
+        data["language"] = word.language
+    return data
+
+
 def to_json(message: ServerMessage) -> str:
-    """Encode a server event as the JSON text frame PROTOCOL.md specifies."""
+    """Encode a server event as the JSON text frame docs/protocol.md describes."""
     data: dict[str, object]
     if isinstance(message, Results):
         data = {
@@ -363,16 +421,8 @@ def to_json(message: ServerMessage) -> str:
                     {
                         "transcript": message.transcript,
                         "confidence": _r(message.confidence, 4),
-                        "words": [
-                            {
-                                "word": w.word,
-                                "start": _r(w.start_s),
-                                "end": _r(w.end_s),
-                                "confidence": _r(w.confidence, 4),
-                                "punctuated_word": w.punctuated_word,
-                            }
-                            for w in message.words
-                        ],
+                        "words": [_word_json(w) for w in message.words],
+                        **({} if message.languages is None else {"languages": message.languages}),
                     }
                 ]
             },
@@ -415,3 +465,153 @@ def to_json(message: ServerMessage) -> str:
     else:
         data = {"type": "Error", "code": message.code, "message": message.message}
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- decoding server events
+
+
+@dataclass(frozen=True)
+class OtherMessage:
+    """A server message `from_json` does not interpret: an unknown type, or an Error whose
+    code is not one of ours. `raw` is the whole frame, so nothing is lost."""
+
+    type: str
+    raw: str
+
+
+DecodedMessage = ServerMessage | OtherMessage
+
+
+def from_json(text: str) -> DecodedMessage:
+    """Decode a server text frame (ours or Deepgram's): the inverse of `to_json`.
+
+    Fields this protocol does not know are ignored and missing ones read as empty (zero,
+    "", False), so frames from Deepgram itself decode too. Raise `MessageError` when the
+    frame is not a JSON object with a string `type`.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"server sent a text frame that is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise MessageError("server sent a JSON message without a string 'type'")
+    kind: str = data["type"]
+    if kind == "Results":
+        return _results(data)
+    if kind == "Metadata":
+        return _metadata(data)
+    if kind == "SpeechStarted":
+        return SpeechStarted(timestamp_s=_number(data, "timestamp"))
+    if kind == "UtteranceEnd":
+        return UtteranceEnd(last_word_end_s=_number(data, "last_word_end"))
+    if kind == "Error" and data.get("code") in _ERROR_CODES:
+        return Error(code=data["code"], message=_text(data, "message"))
+    return OtherMessage(type=kind, raw=text)
+
+
+_ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+
+
+def _object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _text(data: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = data.get(key)
+    return value if isinstance(value, str) else default
+
+
+def _number(data: Mapping[str, Any], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
+
+
+def _flag(data: Mapping[str, Any], key: str) -> bool:
+    return data.get(key) is True
+
+
+def _integer(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_info(uuid: str, info: Mapping[str, Any], name: str = "") -> ModelInfo:
+    return ModelInfo(
+        name=_text(info, "name", name),
+        version=_text(info, "version"),
+        arch=_text(info, "arch"),
+        uuid=uuid,
+    )
+
+
+def _words(raw: object) -> tuple[Word, ...]:
+    items = raw if isinstance(raw, list) else []
+    return tuple(
+        Word(
+            word=_text(item, "word"),
+            start_s=_number(item, "start"),
+            end_s=_number(item, "end"),
+            confidence=_number(item, "confidence"),
+            punctuated_word=_text(item, "punctuated_word", _text(item, "word")),
+            speaker=_integer(item, "speaker"),
+            speaker_confidence=(
+                _number(item, "speaker_confidence") if "speaker_confidence" in item else None
+            ),
+            language=_text(item, "language") or None,
+        )
+        for item in items
+        if isinstance(item, dict)
+    )
+
+
+def _results(data: Mapping[str, Any]) -> Results:
+    alternatives = _object(data, "channel").get("alternatives")
+    best: Mapping[str, Any] = {}
+    if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], dict):
+        best = alternatives[0]
+    metadata = _object(data, "metadata")
+    return Results(
+        request_id=_text(metadata, "request_id"),
+        model=_model_info(_text(metadata, "model_uuid"), _object(metadata, "model_info")),
+        start_s=_number(data, "start"),
+        duration_s=_number(data, "duration"),
+        is_final=_flag(data, "is_final"),
+        speech_final=_flag(data, "speech_final"),
+        from_finalize=_flag(data, "from_finalize"),
+        transcript=_text(best, "transcript"),
+        confidence=_number(best, "confidence"),
+        words=_words(best.get("words")),
+        languages=_languages(best.get("languages")),
+    )
+
+
+def _languages(raw: object) -> tuple[str, ...] | None:
+    if not isinstance(raw, list):
+        return None
+    return tuple(code for code in raw if isinstance(code, str))
+
+
+def _created(raw: object) -> datetime:
+    """An ISO 8601 time; a missing or unreadable one reads as the Unix epoch."""
+    if isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            created = datetime.fromisoformat(raw)
+            return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(0, UTC)
+
+
+def _metadata(data: Mapping[str, Any]) -> Metadata:
+    models = data.get("models")
+    first_model = models[0] if isinstance(models, list) and models else ""
+    infos = _object(data, "model_info")
+    uuid, info = next(iter(infos.items()), ("", {}))
+    return Metadata(
+        request_id=_text(data, "request_id"),
+        created=_created(data.get("created")),
+        duration_s=_number(data, "duration"),
+        channels=_integer(data, "channels") or 1,
+        model=_model_info(uuid, info if isinstance(info, dict) else {}, str(first_model)),
+    )

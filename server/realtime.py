@@ -28,7 +28,7 @@ from server.limits import admission
 from server.outbox import Outbox
 from server.protocol import ErrorCode, query_of
 from server.realtime_session import Emit, RealtimeAction, RealtimeSession, new_id
-from server.runtime import Phase, Runtime, session_config
+from server.runtime import Phase, Runtime
 from server.session import Cancel, Close, Promote, Transcribe
 from server.transcription import AsrResult
 from server.websocket import Disconnected, WebSocket
@@ -95,7 +95,7 @@ class RealtimeConnection:
         self.session = RealtimeSession(
             request_id=self.request_id,
             model=rt.model,
-            config=session_config(rt.settings),
+            config=rt.session_config,
             classifier_factory=rt.classifier_factory,
             languages=rt.engine.languages,
             multilingual=rt.engine.multilingual,

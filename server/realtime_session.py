@@ -380,9 +380,11 @@ class RealtimeSession:
             if isinstance(action, Close):
                 closes.append(action)
                 continue
-            if not isinstance(action, Send):
+            if isinstance(action, Transcribe | Promote | Cancel):
                 out.append(action)
                 continue
+            if not isinstance(action, Send):
+                continue  # speaker labels: a Realtime session does not ask for them
             message = action.message
             if isinstance(message, SpeechStarted):
                 self._speaking = True

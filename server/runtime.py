@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import functools
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from server.asr import WhisperEngine
 from server.config import Settings
@@ -16,6 +19,9 @@ from server.scheduler import Scheduler
 from server.session import SessionConfig
 from server.transcription import AsrRequest, AsrResult
 from vad.base import SpeechClassifier
+
+if TYPE_CHECKING:
+    from server.speakers.encoder import SpeakerEncoder
 
 
 class ProgressReport(Protocol):
@@ -33,18 +39,6 @@ class Drainable(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once (the drain timeout passed)."""
-
-
-def session_config(settings: Settings) -> SessionConfig:
-    """Each session's configuration, from the server's stream and limit settings."""
-    stream = settings.stream
-    return SessionConfig(
-        endpointing_ms=stream.endpointing_ms,
-        max_utterance_ms=int(stream.max_utterance_s * 1000),
-        interim_interval_ms=stream.interim_interval_ms,
-        first_interim_ms=stream.first_interim_ms,
-        max_pending_finals=settings.limits.max_pending_finals,
-    )
 
 
 class Phase(enum.Enum):
@@ -66,6 +60,30 @@ def model_info(name: str, version: str) -> ModelInfo:
 
 
 @dataclass
+class Speakers:
+    """The speaker encoder for diarize=true: shared by all sessions (read-only once loaded),
+    loaded on first use so that a server nobody asks to diarize pays nothing for it."""
+
+    weights: Path | None = None
+    _encoder: SpeakerEncoder | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def available(self) -> bool:
+        return self.weights is not None
+
+    def encoder(self) -> SpeakerEncoder:
+        """The loaded encoder (blocks while loading: call it off the event loop)."""
+        from server.speakers.encoder import SpeakerEncoder
+
+        assert self.weights is not None
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = SpeakerEncoder.load(self.weights)
+            return self._encoder
+
+
+@dataclass
 class Runtime:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
@@ -76,11 +94,20 @@ class Runtime:
     scheduler: Scheduler[AsrRequest, AsrResult] | None = None
     model: ModelInfo | None = None
     classifier_factory: Callable[[], SpeechClassifier] | None = None
+    speakers: Speakers = field(default_factory=Speakers)
     connections: set[Drainable] = field(default_factory=set)
+
+    @functools.cached_property
+    def session_config(self) -> SessionConfig:
+        """Every session's configuration, built once from the stream and limit settings."""
+        return self.settings.stream.session_config(self.settings.limits)
+
+    session_cap: int = 64
+    """The session limit: --max-sessions, or what the resources hold (set at startup)."""
 
     @property
     def max_sessions(self) -> int:
-        return self.settings.limits.max_sessions
+        return self.session_cap
 
     @property
     def ready(self) -> bool:

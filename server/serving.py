@@ -70,6 +70,28 @@ class SessionWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._gone = asyncio.Event()
+        self._failed = False
+
+    def handle_parser_exception(self) -> None:
+        """A frame broke the protocol or the size limit: send the close frame (1009, 1002...)
+        and shut our side, but read on until the client closes. uvicorn closes the socket at
+        once, and with the rest of an oversized frame still unread the kernel answers with a
+        reset that can destroy the close frame before the client reads it (it saw 1006)."""
+        if self._failed:
+            return  # the parser discards the rest; the close frame is out
+        self._failed = True
+        sent = self.conn.close_sent
+        code = sent.code if sent is not None else 1002
+        reason = sent.reason if sent is not None else ""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

@@ -31,6 +31,17 @@ endpoint; if speech resumes first, it is withdrawn (`Cancel`). Adaptive endpoint
 on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to the
 server, the utterance may close after `sentence_end_ms` of silence instead.
 
+Language: a stream whose language is detected (`language` unset on a multilingual model,
+or `multi`/`auto`) tells the engine its language so far (`expected_language`: that of its
+latest final with words), which a short utterance must clearly outvote to change
+(server.language). When a final comes back in another language the context is forgotten:
+tokens of one language are no prefix for another.
+
+Speakers (diarize=true): before a final with words is released, the session asks for its
+talkers (`Label`: the utterance's audio and word spans) and releases it once they are in
+(`on_speakers`), so every final word carries a speaker. Labels are asked for in utterance
+order, one at a time: the tracker that assigns them keeps per-session state.
+
 Finals are released strictly in utterance order; interims of an utterance are dropped once
 it is final.
 """
@@ -42,6 +53,7 @@ import itertools
 import math
 import string
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -72,7 +84,7 @@ from vad.framing import Framer, frame_dbfs
 from vad.segmenter import Segmenter, SegmenterConfig, SpeechEnded
 from vad.segmenter import SpeechStarted as VadSpeechStarted
 
-_STRIP = string.punctuation + "“”‘’¿¡…"
+_STRIP = string.punctuation + "“”‘’¿¡…。，、！？：；「」『』（）《》"
 MAX_WINDOW_MS = 29_500
 """Context and utterance together stay inside Whisper's 30 s window."""
 CONTEXT_LEAD_MS = 200
@@ -123,12 +135,25 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Label:
+    """Find the talker of each word of a final (diarize=true); answer with on_speakers."""
+
+    ticket: int
+    audio: npt.NDArray[np.float32]
+    word_spans_s: tuple[tuple[float, float], ...]
+    """(start, end) of each word, in seconds from the start of `audio`."""
+
+
+@dataclass(frozen=True)
 class Close:
     code: CloseCode
     reason: str
 
 
-Action = Send | Transcribe | Promote | Cancel | Close
+Action = Send | Transcribe | Promote | Cancel | Label | Close
+
+SpeakerLabel = tuple[int, float]
+"""(speaker, confidence) of one word."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +162,8 @@ class SessionConfig:
     max_utterance_ms: int = 25_000
     interim_interval_ms: int = 700
     first_interim_ms: int = 500
+    interim_min_speech_ms: int = 300
+    """An interim is asked for only when this much new speech came since the last one."""
     max_pending_finals: int = 8
     speculate_ms: int | None = 240
     """Silence after which an open utterance's final is asked for early (None: never)."""
@@ -156,6 +183,8 @@ class _Open:
     start_frame: int
     onset_frame: int
     last_interim_frame: int | None = None
+    voiced_frames: int = 0
+    voiced_at_last_interim: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +216,8 @@ class _PendingFinal:
     audio_start_frame: int = 0
     """Where the request's audio (context included) begins."""
     result: AsrResult | None = None
+    speakers: tuple[SpeakerLabel, ...] | None = None
+    labelling: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +285,8 @@ class Session:
         self._silent_frames = 0
         self._spoken: deque[_SpokenWord] = deque()
         self._last_word_end_s: float | None = None
+        self._language: str | None = None
+        """Of a stream whose language is detected: that of its latest final with words."""
         self._utterance_end_sent = True
         self._hotwords = " ".join(opts.keyterms) or None
         self._adaptive = (
@@ -304,6 +337,8 @@ class Session:
             self._frames.append(frame)
             is_speech = self.classifier.is_speech(frame)
             self._silent_frames = 0 if is_speech else self._silent_frames + 1
+            if is_speech and self._open is not None:
+                self._open.voiced_frames += 1
             for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
                 actions += self._on_vad_event(event)
             actions += self._maybe_speculate(is_speech)
@@ -368,6 +403,21 @@ class Session:
                 break
         else:
             return []
+        return self._after_final()
+
+    def on_speakers(self, ticket: int, labels: Sequence[SpeakerLabel]) -> list[Action]:
+        """The talkers of a final's words, in word order (the answer to `Label`)."""
+        if self.state is State.CLOSED:
+            return []
+        for pending in self._pending:
+            if pending.ticket == ticket and pending.labelling:
+                pending.speakers = tuple(labels)
+                break
+        else:
+            return []
+        return self._after_final()
+
+    def _after_final(self) -> list[Action]:
         actions = self._release_finals()
         actions += self._maybe_utterance_end()
         actions += self._maybe_interim()
@@ -398,7 +448,13 @@ class Session:
         if isinstance(event, VadSpeechStarted):
             if self._adaptive:
                 self._segmenter.set_endpointing_ms(self._endpointing_ms)
-            self._open = _Open(next(self._utterances), event.start_frame, event.onset_frame)
+            self._open = _Open(
+                next(self._utterances),
+                event.start_frame,
+                event.onset_frame,
+                # The onset window is mostly voice (that is what opened it).
+                voiced_frames=self._segmenter.frames_seen - event.onset_frame,
+            )
             if self.options.vad_events:
                 return [Send(SpeechStarted(event.onset_frame * self._frame_s))]
             return []
@@ -455,7 +511,7 @@ class Session:
         now = self._segmenter.frames_seen
         anchor = now
         for pending in self._pending:
-            if pending.result is None:
+            if pending.result is None or self.options.diarize:  # labelling needs the audio
                 anchor = min(anchor, pending.start_frame)
         if self._open is not None:
             anchor = min(anchor, self._open.start_frame)
@@ -516,8 +572,23 @@ class Session:
             final=final,
             context_s=(start_frame - begin) * self._frame_s,
             prefix_tokens=prefix,
+            task=self.options.task,
+            expected_language=self._language if self.options.language is None else None,
         )
         return request, begin
+
+    def _follow_language(self, result: AsrResult) -> None:
+        """A detected stream's language is its latest final's; the context of another
+        language is forgotten."""
+        if self.options.language is not None or not result.words:
+            return
+        if result.language != self._language:
+            self._spoken.clear()
+            self._language = result.language
+
+    def _languages(self, result: AsrResult) -> tuple[str, ...] | None:
+        """The `languages` of a result (one utterance is heard in one language)."""
+        return (result.language,) if self.options.report_languages else None
 
     def _remember(self, pending: _PendingFinal, result: AsrResult) -> None:
         """Keep the words of a released final as context for the ones after it."""
@@ -577,8 +648,16 @@ class Session:
     def _release_finals(self) -> list[Action]:
         actions: list[Action] = []
         while self._pending and self._pending[0].result is not None:
+            head = self._pending[0]
+            assert head.result is not None
+            if self.options.diarize and head.result.words and head.speakers is None:
+                if not head.labelling:
+                    head.labelling = True
+                    actions.append(self._label(head, head.result))
+                break
             pending = self._pending.popleft()
             assert pending.result is not None
+            self._follow_language(pending.result)
             self._remember(pending, pending.result)
             message = self._final_message(pending, pending.result)
             if message is not None:
@@ -587,12 +666,28 @@ class Session:
         self._trim_frames()
         return actions
 
+    def _label(self, pending: _PendingFinal, result: AsrResult) -> Label:
+        assert pending.ticket is not None
+        offset_s = (pending.audio_start_frame - pending.start_frame) * self._frame_s
+        length_s = (pending.end_frame - pending.start_frame) * self._frame_s
+        spans = tuple(
+            (
+                min(max(0.0, offset_s + w.start_s), length_s),
+                min(max(0.0, offset_s + w.end_s), length_s),
+            )
+            for w in result.words
+        )
+        audio = self._audio(pending.start_frame, pending.end_frame)
+        return Label(pending.ticket, audio, spans)
+
     def _final_message(self, pending: _PendingFinal, result: AsrResult) -> Results | None:
         if not result.text:
             return None
         start_s = pending.start_frame * self._frame_s
         end_s = pending.end_frame * self._frame_s
         offset_s = pending.audio_start_frame * self._frame_s
+        languages = self._languages(result)
+        speakers: Sequence[SpeakerLabel | None] = pending.speakers or [None] * len(result.words)
         words = tuple(
             Word(
                 word=w.text.strip().strip(_STRIP).lower() or w.text.strip().lower(),
@@ -600,8 +695,11 @@ class Session:
                 end_s=min(max(offset_s + w.end_s, start_s), end_s),
                 confidence=w.probability,
                 punctuated_word=w.text.strip(),
+                language=languages[0] if languages else None,
+                speaker=label[0] if label else None,
+                speaker_confidence=label[1] if label else None,
             )
-            for w in result.words
+            for w, label in zip(result.words, speakers, strict=True)
         )
         confidence = (
             float(np.mean([w.confidence for w in words]))
@@ -623,6 +721,7 @@ class Session:
             transcript=result.text,
             confidence=confidence,
             words=words,
+            languages=languages,
         )
 
     # ------------------------------------------------------------------ interims
@@ -642,9 +741,11 @@ class Session:
             due = opened.onset_frame + self._frames_for(self.config.first_interim_ms)
         else:
             due = opened.last_interim_frame + self._frames_for(self.config.interim_interval_ms)
-        if now < due:
-            return []
+        new_speech = opened.voiced_frames - opened.voiced_at_last_interim
+        if now < due or new_speech < self._frames_for(self.config.interim_min_speech_ms):
+            return []  # not yet, or nothing new to say: a pause inside the utterance
         opened.last_interim_frame = now
+        opened.voiced_at_last_interim = opened.voiced_frames
         ticket = next(self._tickets)
         self._interim_ticket = ticket
         self._interim_for = _InterimTarget(opened.index, now)
@@ -673,6 +774,7 @@ class Session:
             transcript=result.text,
             confidence=float(np.exp(min(0.0, result.avg_logprob))),
             words=(),
+            languages=self._languages(result),
         )
         return [Send(message), *actions]
 

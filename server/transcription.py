@@ -5,19 +5,20 @@ that came before the utterance (`context_s` seconds at the start of `audio`) and
 the engine produced for that audio (`prefix_tokens`, forced at the start of the decoder's
 output). The engine then returns only what it heard after the prefix, with word times from
 the start of `audio`. Token ids are opaque to sessions: they hand back what the engine gave.
+A request whose language is detected drops its context when the utterance is decoded in a
+language other than `expected_language` (the context's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-SAMPLE_RATE_HZ = 16_000
+from server.protocol import Task
 
-Task = Literal["transcribe", "translate"]
+SAMPLE_RATE_HZ = 16_000
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class AsrRequest:
     prefix_tokens: tuple[int, ...] = ()
     """The engine's tokens for the context audio, forced as the start of the output."""
     task: Task = "transcribe"
+    """translate: English text whatever the language heard (multilingual models only)."""
+    expected_language: str | None = None
+    """With `language` None: the stream's language so far, which detection must clearly
+    outweigh to be left (server.language); `prefix_tokens` are in this language."""
 
     @property
     def duration_s(self) -> float:
@@ -66,6 +71,8 @@ class AsrResult:
     compression_ratio: float = 0.0
     temperature: float = 0.0
     language: str = "en"
+    """The language decoded in: the request's, or the one chosen from detection."""
     language_probability: float = 1.0
+    """The detector's probability of `language` (1.0 when the request named it)."""
     rejected: str | None = None
     """Why the text was judged invented (and blanked), or None."""

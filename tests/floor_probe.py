@@ -136,6 +136,9 @@ def live_session(speech: Samples, model_dir: Path) -> str:
 
     from websockets.asyncio.client import connect
 
+    from server.app import LISTENING_PREFIX, READY_LINE
+    from server.protocol import Results, from_json
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0",
          "--model", str(model_dir)],
@@ -146,9 +149,9 @@ def live_session(speech: Samples, model_dir: Path) -> str:
         assert proc.stdout is not None
         url = ""
         for line in proc.stdout:
-            if line.startswith("streamscribe: listening on "):
+            if line.startswith(LISTENING_PREFIX):
                 url = line.strip().rsplit(" ", 1)[1].replace("http", "ws", 1)
-            if line.strip() == "streamscribe: ready":
+            if line.strip() == READY_LINE:
                 break
         pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
 
@@ -160,9 +163,9 @@ def live_session(speech: Samples, model_dir: Path) -> str:
                     await ws.send(pcm[start : start + 6400])
                 await ws.send(json.dumps({"type": "CloseStream"}))
                 async for raw in ws:
-                    message = json.loads(raw)
-                    if message.get("type") == "Results" and message.get("is_final"):
-                        texts.append(message["channel"]["alternatives"][0]["transcript"])
+                    message = from_json(str(raw))
+                    if isinstance(message, Results) and message.is_final:
+                        texts.append(message.transcript)
             return " ".join(texts)
 
         return asyncio.run(session())

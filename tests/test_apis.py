@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import soxr
 
-from tests.conftest import ServerProcess
+from tests.support.server import ServerProcess
 from tests.wsclient import normalize, read_wav
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop  # the stdlib's G.711 encoder, independent of the server's decoder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 JFK = "ask not what your country can do for you ask what you can do for your country"
 

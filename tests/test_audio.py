@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from server import container
 from server.audio import AudioDecodeError, ContainerStream, PcmDecoder, decoder_for
 from server.protocol import StreamOptions
-from tests.conftest import AUDIO_DIR
+from tests.support.paths import AUDIO_DIR
 from tests.wsclient import chunks
 
 

@@ -1,6 +1,6 @@
 """API keys and origins at the handshake, against a real server started with keys.
 
-Keys come from STREAMSCRIBE_API_KEYS and from --api-key-file; every form PROTOCOL.md
+Keys come from STREAMSCRIBE_API_KEYS and from --api-key-file; every form docs/protocol.md
 names is tried with each key; missing and wrong keys get HTTP 401 with a JSON body that
 does not echo them; the probes stay open, /metrics needs a key, --allowed-origins refuses
 other browser origins with 403; and no key, good or bad, ever reaches the server's logs.
@@ -21,9 +21,9 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from bench.soak import WatchedServer
+from tests.support.server import ServerProcess, ServerStartError, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 ENV_KEYS = ("env-key.0ne", "env_key~Two")
 FILE_KEY = "file-key-3.x_y~z"
@@ -35,20 +35,18 @@ CLOSE_STREAM = json.dumps({"type": "CloseStream"})
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchedServer]:
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     key_file.write_text(f"\n{FILE_KEY}\n\n", encoding="utf-8")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STREAMSCRIBE_")},
         "STREAMSCRIBE_API_KEYS": ",".join(ENV_KEYS),
     }
-    srv = WatchedServer(
-        [
-            "--api-key-file", str(key_file),
-            "--metrics-require-key", "true",
-            "--allowed-origins", f"{ORIGINS[0]}, {ORIGINS[1]}/",
-            "--log-level", "debug",
-        ],
+    srv = start_server(
+        "--api-key-file", str(key_file),
+        "--metrics-require-key", "true",
+        "--allowed-origins", f"{ORIGINS[0]}, {ORIGINS[1]}/",
+        "--log-level", "debug",
         env=env,
     )  # fmt: skip
     yield srv
@@ -99,7 +97,7 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
 
 
 @pytest.mark.parametrize("form", ["Token", "Bearer", "token", "subprotocol", "query"])
-async def test_every_form_accepts_every_key(keyed: WatchedServer, form: str) -> None:
+async def test_every_form_accepts_every_key(keyed: ServerProcess, form: str) -> None:
     for key in GOOD_KEYS:
         opened = await open_and_close(keyed.ws_url, form, key)
         if form == "subprotocol":
@@ -111,7 +109,7 @@ async def test_every_form_accepts_every_key(keyed: WatchedServer, form: str) -> 
 
 
 @pytest.mark.parametrize("form", ["Token", "Bearer", "subprotocol", "query"])
-async def test_wrong_keys_get_401_without_echo(keyed: WatchedServer, form: str) -> None:
+async def test_wrong_keys_get_401_without_echo(keyed: ServerProcess, form: str) -> None:
     for key in WRONG_KEYS:
         kwargs = connect_kwargs(form, key)
         url = keyed.ws_url + LISTEN + str(kwargs.pop("query", ""))
@@ -134,14 +132,14 @@ async def test_wrong_keys_get_401_without_echo(keyed: WatchedServer, form: str) 
     ids=["none", "empty", "basic", "no-space", "token-alone", "pair-reversed"],
 )
 async def test_missing_or_malformed_key_gets_401(
-    keyed: WatchedServer, headers: dict[str, str]
+    keyed: ServerProcess, headers: dict[str, str]
 ) -> None:
     status, body = await refused_status(keyed.ws_url + LISTEN, additional_headers=headers)
     assert status == 401
     assert FILE_KEY not in body.decode()
 
 
-async def test_plain_get_on_listen_is_401_then_426(keyed: WatchedServer) -> None:
+async def test_plain_get_on_listen_is_401_then_426(keyed: ServerProcess) -> None:
     status, _ = await asyncio.to_thread(http_get, keyed.http_url + LISTEN)
     assert status == 401
     auth = {"Authorization": f"Token {ENV_KEYS[0]}"}
@@ -149,7 +147,7 @@ async def test_plain_get_on_listen_is_401_then_426(keyed: WatchedServer) -> None
     assert status == 426
 
 
-async def test_probes_stay_open_and_metrics_need_a_key(keyed: WatchedServer) -> None:
+async def test_probes_stay_open_and_metrics_need_a_key(keyed: ServerProcess) -> None:
     base = keyed.http_url
     assert (await asyncio.to_thread(http_get, base + "/healthz"))[0] == 200
     assert (await asyncio.to_thread(http_get, base + "/readyz"))[0] == 200
@@ -166,7 +164,7 @@ async def test_probes_stay_open_and_metrics_need_a_key(keyed: WatchedServer) -> 
         assert status == 200 and b"streamscribe_sessions_active" in body
 
 
-async def test_allowed_origins(keyed: WatchedServer) -> None:
+async def test_allowed_origins(keyed: ServerProcess) -> None:
     key = ENV_KEYS[0]
     for origin in ORIGINS:
         await open_and_close(keyed.ws_url, "subprotocol", key, origin=origin)
@@ -184,7 +182,7 @@ async def test_allowed_origins(keyed: WatchedServer) -> None:
     assert status == 401
 
 
-async def test_keys_never_reach_the_logs(keyed: WatchedServer) -> None:
+async def test_keys_never_reach_the_logs(keyed: ServerProcess) -> None:
     ids = []
     for form in ("Token", "subprotocol", "query"):
         ids.append((await open_and_close(keyed.ws_url, form, FILE_KEY))["request_id"])
@@ -202,10 +200,8 @@ async def test_keys_never_reach_the_logs(keyed: WatchedServer) -> None:
 
 
 def test_key_file_must_be_readable(tmp_path: Path) -> None:
-    from bench.servers import ServerStartError
-
     with pytest.raises(ServerStartError, match="cannot read"):
-        WatchedServer(["--api-key-file", str(tmp_path / "missing.txt")], timeout_s=60)
+        start_server("--api-key-file", str(tmp_path / "missing.txt"), timeout_s=60)
 
 
 async def raw_status(port: int, path: str, headers: list[tuple[str, str]]) -> int:
@@ -261,7 +257,7 @@ UPGRADE = [
     ],
 )
 async def test_repeated_headers_are_refused_cleanly(
-    keyed: WatchedServer, extra: list[tuple[str, str]], status: int
+    keyed: ServerProcess, extra: list[tuple[str, str]], status: int
 ) -> None:
     """Repeated headers are ambiguous: a clear 4xx, never a 500 with a traceback."""
     assert await raw_status(keyed.port, LISTEN, UPGRADE + extra) == status

@@ -28,7 +28,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import REPO_ROOT, ServerProcess, reference_texts
+from tests.support.paths import REPO_ROOT, reference_texts
+from tests.support.process import free_port
+from tests.support.server import ServerProcess
 from tests.test_shutdown import SilentWebSocket
 
 TEMPLATE = REPO_ROOT / "deploy" / "haproxy.cfg.tmpl"
@@ -37,7 +39,7 @@ POD_HEADER = "X-Streamscribe-Pod"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.integration,
     pytest.mark.skipif(
         not Path(HAPROXY).exists(), reason="needs Debian's haproxy (apt-get install haproxy)"
     ),
@@ -45,12 +47,6 @@ pytestmark = [
 
 
 # --- HAProxy, started by the test ------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

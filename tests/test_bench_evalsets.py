@@ -28,7 +28,7 @@ from bench.evalsets import (
 )
 from bench.metrics_calc import Caption, Span
 from bench.workload import SAMPLE_RATE_HZ, WorkloadError, read_references
-from tests.conftest import SHARED_DIR
+from tests.support.paths import SHARED_DIR
 
 
 @cache

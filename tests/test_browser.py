@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
-import socket
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, ServerProcess
+from cache.registry import fetch
+from cache.store import default_cache_dir
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
+from tests.support.random_whisper import TINY_128
+from tests.support.server import ServerProcess
 from tests.test_clients_file import self_signed_cert
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -19,7 +23,6 @@ CAPTION_TIMEOUT_MS = 120_000
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.slow,
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
@@ -170,9 +173,7 @@ def test_page_reconnects_and_keeps_the_transcript(
 ) -> None:
     from playwright.sync_api import Page
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     first = server_factory("--port", str(port))
     page, _ = open_page(browser, first)
     assert isinstance(page, Page)
@@ -230,6 +231,36 @@ def test_page_streams_over_wss_behind_tls(
     assert sockets and all(
         url.startswith(f"wss://127.0.0.1:{tls.port}/v1/listen?") for url in sockets
     )
+    page.click("#stop")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
+    )
+    assert errors == []
+
+
+def test_page_shows_the_language_heard(
+    browser: object, server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """On a multilingual model (a random one that always answers 'hello') the page asks
+    for detection and labels each line with the language the server names."""
+    from playwright.sync_api import Page
+
+    base = fetch("whisper-base", default_cache_dir())
+    model = TINY_128.build(tmp_path / "model", seed=0, tokenizer_dir=base, answer="Ġhello")
+    page, errors = open_page(browser, server_factory("--model", str(model)))
+    assert isinstance(page, Page)
+    assert page.locator("#language-field").is_visible()
+    assert page.locator("#language").input_value() == "auto"
+    page.click("#start")
+    page.wait_for_function(
+        "() => document.querySelector('#transcript li .language')", timeout=CAPTION_TIMEOUT_MS
+    )
+    line = page.locator("#transcript li").first
+    assert re.fullmatch(r"[a-z]{2,3}", line.locator(".language").text_content() or "")
+    assert "hello" in (line.text_content() or "")
+    assert page.locator("#caption-language").is_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-languages.png"), full_page=True)
     page.click("#stop")
     page.wait_for_function(
         "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000

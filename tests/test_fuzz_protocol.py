@@ -22,7 +22,6 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.soak import WatchedServer
 from server.http import presented_key
 from server.protocol import (
     UNSUPPORTED_PROMISES,
@@ -35,6 +34,7 @@ from server.protocol import (
     parse_options,
     query_of,
 )
+from tests.support.server import ServerProcess, start_server
 from tests.wsclient import read_wav
 
 MAX_FRAME_BYTES = 64 * 1024
@@ -138,14 +138,12 @@ def test_presented_key_never_raises(names: list[str], values: list[str], query: 
 
 
 @pytest.fixture(scope="module")
-def fuzz_server() -> Iterator[WatchedServer]:
-    srv = WatchedServer(
-        [
-            "--max-frame-bytes", str(MAX_FRAME_BYTES),
-            "--max-control-per-s", "3",  # the 7th text frame in a burst is a flood
-            "--beam-size", "1",  # accuracy is not under test here; speed is welcome
-            "--max-utterance-s", "5",
-        ]
+def fuzz_server() -> Iterator[ServerProcess]:
+    srv = start_server(
+        "--max-frame-bytes", str(MAX_FRAME_BYTES),
+        "--max-control-per-s", "3",  # the 7th text frame in a burst is a flood
+        "--beam-size", "1",  # accuracy is not under test here; speed is welcome
+        "--max-utterance-s", "5",
     )  # fmt: skip
     yield srv
     srv.stop()
@@ -182,7 +180,7 @@ def frames_strategy(speech: list[bytes]) -> st.SearchStrategy[list[bytes | str]]
 
 
 async def run_stream(
-    srv: WatchedServer, query: str, frames: list[bytes | str], ending: str
+    srv: ServerProcess, query: str, frames: list[bytes | str], ending: str
 ) -> tuple[list[dict[str, Any]], int | None]:
     messages: list[dict[str, Any]] = []
     url = f"{srv.ws_url}/v1/listen?{query}"
@@ -230,9 +228,9 @@ def check_message(message: dict[str, Any]) -> None:
         assert message["last_word_end"] >= 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_any_frame_sequence_yields_only_documented_replies(
-    fuzz_server: WatchedServer, speech_pieces: list[bytes]
+    fuzz_server: ServerProcess, speech_pieces: list[bytes]
 ) -> None:
     seen_closes: set[int | None] = set()
 

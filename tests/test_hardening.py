@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 import websockets
 
-from bench.soak import WatchedServer
+from tests.support.server import ServerProcess, start_server
 from tests.wsclient import Outcome, normalize, read_wav
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 LINEAR16 = "/v1/listen?encoding=linear16&sample_rate=16000"
 CLOSE_STREAM = json.dumps({"type": "CloseStream"})
@@ -209,11 +209,11 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"no sample {name} in /metrics")
 
 
-def wait_log(srv: WatchedServer, pattern: str, **kwargs: Any) -> Awaitable[str | None]:
+def wait_log(srv: ServerProcess, pattern: str, **kwargs: Any) -> Awaitable[str | None]:
     return asyncio.to_thread(srv.wait_for, pattern, **kwargs)
 
 
-def session_end(srv: WatchedServer, request_id: str) -> Awaitable[str | None]:
+def session_end(srv: ServerProcess, request_id: str) -> Awaitable[str | None]:
     return wait_log(srv, rf"\[{re.escape(request_id)}\] session end", timeout_s=60)
 
 
@@ -235,18 +235,17 @@ def speech(audio_dir: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def gauntlet_server() -> Iterator[WatchedServer]:
-    srv = WatchedServer(
-        [
-            "--max-sessions", str(IDLE_CROWD + 50),
-            "--handshake-timeout-s", str(HANDSHAKE_TIMEOUT_S),
-            "--max-frame-bytes", str(MAX_FRAME_BYTES),
-            "--max-control-per-s", str(CONTROL_BURST // 2),
-            "--max-outgoing-finals", str(MAX_OUTGOING_FINALS),
-            "--max-pending-finals", str(MAX_PENDING_FINALS),
-            "--max-utterance-s", str(MAX_UTTERANCE_S),
-            "--max-queue-wait-s", "60",
-        ]
+def gauntlet_server() -> Iterator[ServerProcess]:
+    # The session limit is the default one, from the resources: an idle crowd of 300 must
+    # not lock the live session out.
+    srv = start_server(
+        "--handshake-timeout-s", str(HANDSHAKE_TIMEOUT_S),
+        "--max-frame-bytes", str(MAX_FRAME_BYTES),
+        "--max-control-per-s", str(CONTROL_BURST // 2),
+        "--max-outgoing-finals", str(MAX_OUTGOING_FINALS),
+        "--max-pending-finals", str(MAX_PENDING_FINALS),
+        "--max-utterance-s", str(MAX_UTTERANCE_S),
+        "--max-queue-wait-s", "60",
     )  # fmt: skip
     yield srv
     srv.stop()
@@ -255,7 +254,7 @@ def gauntlet_server() -> Iterator[WatchedServer]:
 class Gauntlet:
     """The hostile clients; each asserts its own outcome. `done` ends the open-ended ones."""
 
-    def __init__(self, srv: WatchedServer, jfk: bytes, speech: bytes) -> None:
+    def __init__(self, srv: ServerProcess, jfk: bytes, speech: bytes) -> None:
         self.srv = srv
         self.jfk = jfk
         self.speech = speech
@@ -389,7 +388,7 @@ class Gauntlet:
         client.reset()
 
 
-async def rss_sampler(srv: WatchedServer, stop: asyncio.Event, peak: list[int]) -> None:
+async def rss_sampler(srv: ServerProcess, stop: asyncio.Event, peak: list[int]) -> None:
     while not stop.is_set():
         peak[0] = max(peak[0], srv.rss_bytes())
         with contextlib.suppress(TimeoutError):
@@ -397,7 +396,7 @@ async def rss_sampler(srv: WatchedServer, stop: asyncio.Event, peak: list[int]) 
 
 
 async def test_gauntlet_leaves_a_real_time_session_intact(
-    gauntlet_server: WatchedServer, jfk: bytes, speech: bytes
+    gauntlet_server: ServerProcess, jfk: bytes, speech: bytes
 ) -> None:
     srv = gauntlet_server
     warm = await paced(srv.ws_url + LINEAR16, jfk, speed=50)  # load the model's caches
@@ -465,7 +464,7 @@ async def test_gauntlet_leaves_a_real_time_session_intact(
 
 
 async def test_full_speed_client_is_served_with_bounded_read_ahead(
-    gauntlet_server: WatchedServer, audio_dir: Path
+    gauntlet_server: ServerProcess, audio_dir: Path
 ) -> None:
     """A file uploaded as fast as TCP allows: finals keep coming, and the server reads
     ahead of transcription by at most --max-pending-finals utterances (plus websockets'
@@ -526,20 +525,18 @@ async def test_full_speed_client_is_served_with_bounded_read_ahead(
 
 
 @pytest.fixture(scope="module")
-def limits_server() -> Iterator[WatchedServer]:
-    srv = WatchedServer(
-        [
-            "--max-sessions", str(LIMIT_SESSIONS),
-            "--max-control-per-s", str(CONTROL_PER_S),
-            "--max-session-s", str(MAX_SESSION_S),
-        ]
+def limits_server() -> Iterator[ServerProcess]:
+    srv = start_server(
+        "--max-sessions", str(LIMIT_SESSIONS),
+        "--max-control-per-s", str(CONTROL_PER_S),
+        "--max-session-s", str(MAX_SESSION_S),
     )  # fmt: skip
     yield srv
     srv.stop()
 
 
 async def test_session_limit_refuses_with_1013_then_frees_the_slot(
-    limits_server: WatchedServer,
+    limits_server: ServerProcess,
 ) -> None:
     srv = limits_server
     url = srv.ws_url + LINEAR16
@@ -570,7 +567,7 @@ async def test_session_limit_refuses_with_1013_then_frees_the_slot(
     assert 'streamscribe_sessions_refused_total{reason="session_limit"} 1.0' in metrics
 
 
-async def test_control_message_flood_closes_with_1008(limits_server: WatchedServer) -> None:
+async def test_control_message_flood_closes_with_1008(limits_server: ServerProcess) -> None:
     url = limits_server.ws_url + LINEAR16
     # Within the budget: KeepAlives and bad messages are answered, the stream stays open.
     polite: list[str] = [KEEP_ALIVE] * 10 + ["not json"] * 5 + [CLOSE_STREAM]
@@ -594,7 +591,7 @@ async def test_control_message_flood_closes_with_1008(limits_server: WatchedServ
 
 
 async def test_session_length_limit_also_for_a_flooding_client(
-    limits_server: WatchedServer,
+    limits_server: ServerProcess,
 ) -> None:
     url = limits_server.ws_url + LINEAR16
 
@@ -639,7 +636,7 @@ async def test_session_length_limit_also_for_a_flooding_client(
     ids=["long-name", "long-path", "nul", "encoded-nul", "dot-dot", "encoded-dot-dot"],
 )
 async def test_odd_paths_get_4xx_not_500(
-    limits_server: WatchedServer, path: str, status: bytes
+    limits_server: ServerProcess, path: str, status: bytes
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", limits_server.port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1"))
@@ -659,7 +656,7 @@ def wav_header(*, rate_hz: int, channels: int = 1, bits: int = 16) -> bytes:
 
 
 async def test_container_sample_rate_outside_the_supported_range_is_refused(
-    limits_server: WatchedServer,
+    limits_server: ServerProcess,
 ) -> None:
     data = wav_header(rate_hz=1) + bytes(2000)  # already 1000 s of audio at 16 kHz
     out = await paced(limits_server.ws_url + "/v1/listen", data, speed=100)

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from bench.locals3 import moto_server, s3_client
-from tests.conftest import REPO_ROOT, start_server
+from tests.support.locals3 import moto_server, s3_client
+from tests.support.paths import REPO_ROOT
+from tests.support.server import start_server
 from tests.wsclient import chunks, normalize, read_wav, stream
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 KEY_ID = "AKIASTREAMSCRIBESRV"
 SECRET = "server-test-secret-never-logged"

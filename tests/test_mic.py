@@ -12,7 +12,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,9 @@ from typing import IO
 
 import pytest
 
-from tests.conftest import REPO_ROOT, ServerProcess
+from tests.support.paths import REPO_ROOT
+from tests.support.process import free_port
+from tests.support.server import ServerProcess
 
 JFK_PHRASE = "what your country can do for you"
 JFK_LAST_WORDS = "ask what you can do for your country"
@@ -33,7 +34,7 @@ LINE_TIMEOUT_S = 120.0
 
 pytestmark = [
     pytest.mark.audio,
-    pytest.mark.slow,
+    pytest.mark.integration,
     pytest.mark.skipif(
         shutil.which("pulseaudio") is None or shutil.which("paplay") is None,
         reason="needs PulseAudio (apt-get install pulseaudio pulseaudio-utils "
@@ -209,9 +210,7 @@ def test_mic_reconnects_after_the_server_restarts(
     server_factory: Callable[..., ServerProcess], pulse: Pulse, jfk_padded: Path,
     start_mic: Callable[..., MicClient], tmp_path: Path,
 ) -> None:  # fmt: skip
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     first = server_factory("--port", str(port))
     subtitles = tmp_path / "mic.srt"
     mic = start_mic(

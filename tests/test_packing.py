@@ -17,6 +17,8 @@ from server.asr import DecodeOptions, WhisperEngine
 from server.packing import Span
 from server.transcription import AsrRequest
 
+pytestmark = pytest.mark.integration  # the real tiny.en model
+
 RATE = packing.SAMPLE_RATE_HZ
 
 

@@ -17,14 +17,15 @@ import soxr
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import ServerProcess, reference_texts
+from tests.support.paths import reference_texts
+from tests.support.server import ServerProcess
 from tests.wsclient import Outcome, chunks, normalize, pcm16, read_wav, stream, wer
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop  # the stdlib's G.711 encoders, independent of the server's decoder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 LINEAR16 = "/v1/listen?encoding=linear16&sample_rate=16000"
 CLOSE = json.dumps({"type": "CloseStream"})

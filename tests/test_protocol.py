@@ -91,8 +91,46 @@ def test_invalid_values_name_the_parameter(query: dict[str, list[str]], name: st
 
 
 def test_auto_language_on_multilingual_model() -> None:
-    assert opts({"language": ["auto"]}, multilingual=True).language is None
-    assert opts({"language": ["fr-CA"]}, multilingual=True).language == "fr"
+    for name in ("auto", "multi"):
+        detected = opts({"language": [name]}, multilingual=True)
+        assert detected.language is None and detected.report_languages
+    fixed = opts({"language": ["fr-CA"]}, multilingual=True)
+    assert fixed.language == "fr" and not fixed.report_languages
+    default = opts({}, multilingual=True)
+    assert default.language is None and not default.report_languages
+
+
+def test_task_parameter() -> None:
+    assert opts({}).task == "transcribe"
+    assert opts({"task": ["Translate"]}, multilingual=True).task == "translate"
+    assert opts({"task": ["transcribe"]}).task == "transcribe"
+    for query, multilingual in (({"task": ["translate"]}, False), ({"task": ["x"]}, True)):
+        with pytest.raises(InvalidParameter) as info:
+            opts(query, multilingual)
+        assert info.value.name == "task" and info.value.message
+
+
+def test_languages_only_where_asked_for() -> None:
+    words = (Word("hallo", 1.3, 1.5, 0.97, "Hallo."),)
+    plain = Results("r", MODEL, 1.0, 1.0, True, True, False, "Hallo.", 0.9, words)
+    data = json.loads(to_json(plain))
+    alt = data["channel"]["alternatives"][0]
+    assert "languages" not in alt and "language" not in alt["words"][0]
+    tagged = Results(
+        "r",
+        MODEL,
+        1.0,
+        1.0,
+        True,
+        True,
+        False,
+        "Hallo.",
+        0.9,
+        (Word("hallo", 1.3, 1.5, 0.97, "Hallo.", language="de"),),
+        languages=("de",),
+    )
+    alt = json.loads(to_json(tagged))["channel"]["alternatives"][0]
+    assert alt["languages"] == ["de"] and alt["words"][0]["language"] == "de"
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,10 @@ from faster_whisper.tokenizer import Tokenizer
 
 from cache.registry import fetch
 from cache.store import default_cache_dir
-from tests.conftest import SHARED_DIR
+from tests.support.paths import SHARED_DIR
 from tests.support.random_whisper import TINY_128
+
+pytestmark = pytest.mark.integration  # builds and loads Whisper models
 
 SAMPLE_RATE_HZ = 16_000
 AUDIO_S = 2

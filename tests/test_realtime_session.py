@@ -23,7 +23,7 @@ from server.protocol import ModelInfo
 from server.realtime_session import Emit, RealtimeAction, RealtimeSession
 from server.session import Close, SessionConfig, Transcribe
 from server.transcription import AsrResult
-from tests.conftest import AUDIO_DIR
+from tests.support.paths import AUDIO_DIR
 from tests.wsclient import read_wav
 from vad.webrtc import WebRtcClassifier
 

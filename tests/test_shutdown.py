@@ -31,13 +31,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import EXIT_FORCED
-from tests.conftest import ServerProcess, reference_texts
+from tests.support.paths import reference_texts
+from tests.support.server import ServerProcess
 
 CLIP = "cmuarctic_a0024.wav"  # 4 s: "It was my reports from the north which chiefly induced..."
 DRAIN_TIMEOUT_S = 20.0  # the default; generous, so that slow inference on a busy CPU fits
 LISTEN_QUERY = "encoding=linear16&sample_rate=16000&channels=1"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @dataclass(frozen=True)

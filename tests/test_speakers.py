@@ -32,10 +32,9 @@ from server.speakers.encoder import (
     partial_starts,
 )
 from server.speakers.weights import load_checkpoint, load_state_dict
+from tests.support.paths import REPO_ROOT, SHARED_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT / "tests" / "data" / "speakers"
-SHARED = Path(os.environ.get("STREAMSCRIBE_SHARED", REPO_ROOT.parent / "shared"))
 Vec = npt.NDArray[np.float32]
 
 
@@ -148,7 +147,7 @@ FIXTURE_CLIPS = (
 @pytest.mark.parametrize("clip", FIXTURE_CLIPS)
 def test_embeddings_match_resemblyzer(encoder: SpeakerEncoder, clip: str) -> None:
     expected = np.load(DATA / "resemblyzer_embeddings.npz")
-    audio = read_wav(SHARED / "speech-dev" / f"{clip}.wav")
+    audio = read_wav(SHARED_DIR / "speech-dev" / f"{clip}.wav")
     windows = encoder.embed_windows(audio, window_s=1.6, hop_s=0.8)
     partials = expected[f"{clip}/partials"]
     assert windows.embeddings.shape == partials.shape
@@ -173,7 +172,7 @@ def test_window_layouts() -> None:
 
 
 def test_fitted_windows_stay_inside_the_audio(encoder: SpeakerEncoder) -> None:
-    audio = read_wav(SHARED / "speech-dev" / "arctic_aew_a0001.wav")
+    audio = read_wav(SHARED_DIR / "speech-dev" / "arctic_aew_a0001.wav")
     windows = encoder.embed_windows(audio, fit_tail=True)
     assert windows.spans_s[-1][1] == pytest.approx(len(audio) / 16_000)
     assert all(end - start <= 1.6 + 1e-9 for start, end in windows.spans_s)
@@ -185,7 +184,7 @@ def test_fitted_windows_stay_inside_the_audio(encoder: SpeakerEncoder) -> None:
 
 
 def _clips(name: str, count: int) -> list[npt.NDArray[np.float32]]:
-    return [read_wav(SHARED / "speech-dev" / f"{name}{i}.wav") for i in range(1, count + 1)]
+    return [read_wav(SHARED_DIR / "speech-dev" / f"{name}{i}.wav") for i in range(1, count + 1)]
 
 
 def _words_over(audio: npt.NDArray[np.float32]) -> list[tuple[float, float]]:
@@ -424,9 +423,9 @@ def test_der_counts_confusion_and_nothing_for_a_perfect_answer() -> None:
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_composed_two_speaker_conversation_is_labelled(encoder: SpeakerEncoder) -> None:
-    conversation = diarize.compose(SHARED, 2, seed=2)
+    conversation = diarize.compose(SHARED_DIR, 2, seed=2)
     assert len(conversation.speakers) == 2 and len(conversation.turns) >= 6
     utterances = diarize.transcribe(conversation, cache_dir=None)
     scored = diarize.score_conversation(conversation, utterances, lambda: SpeakerTracker(encoder))

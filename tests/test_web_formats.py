@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.events import Results, parse_message
 from clients.formats import cues_from_final, to_srt, to_vtt
-from tests.conftest import REPO_ROOT
+from server.protocol import Results, from_json
+from tests.support.paths import REPO_ROOT
 
 NODE = shutil.which("node")
 FORMATS_JS = REPO_ROOT / "clients" / "web" / "formats.js"
@@ -45,7 +45,7 @@ def page_exports(messages: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def python_exports(messages: list[dict[str, Any]]) -> dict[str, str]:
-    finals = [parse_message(json.dumps(m)) for m in messages]
+    finals = [from_json(json.dumps(m)) for m in messages]
     cues = [cue for f in finals if isinstance(f, Results) for cue in cues_from_final(f)]
     return {"srt": to_srt(cues), "vtt": to_vtt(cues)}
 

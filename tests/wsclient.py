@@ -84,8 +84,13 @@ async def stream(
     subprotocols: Sequence[str] | None = None,
     headers: dict[str, str] | None = None,
     timeout_s: float = 120.0,
+    ping_interval_s: float | None = 20.0,
 ) -> Outcome:
-    """Send frames (binary audio or text control), then CloseStream; collect all replies."""
+    """Send frames (binary audio or text control), then CloseStream; collect all replies.
+
+    `ping_interval_s` None: no keepalive pings (a server that stops reading while its
+    finals are behind answers none, and a client sending faster than real time on a slow
+    machine would give up on it)."""
     outcome = Outcome()
     async with asyncio.timeout(timeout_s):
         async with websockets.connect(
@@ -93,6 +98,7 @@ async def stream(
             max_size=None,
             subprotocols=[websockets.Subprotocol(p) for p in subprotocols or ()] or None,
             additional_headers=headers,
+            ping_interval=ping_interval_s,
         ) as ws:
 
             async def sender() -> None:

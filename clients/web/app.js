@@ -28,6 +28,7 @@ const ui = {
   message: $("message"),
   captionFinals: $("caption-finals"),
   captionInterim: $("caption-interim"),
+  captionLanguage: $("caption-language"),
   transcript: $("transcript"),
 };
 
@@ -249,15 +250,33 @@ function onServerMessage(message) {
   }
 }
 
+// The languages a result names (language=auto/multi streams), most words first; [] if none.
+function languagesOf(alternative) {
+  return Array.isArray(alternative.languages) ? alternative.languages.filter((l) => typeof l === "string") : [];
+}
+
+function languageBadge(languages) {
+  const badge = document.createElement("span");
+  badge.className = "language";
+  badge.title = "language heard";
+  badge.textContent = languages.join(" ");
+  return badge;
+}
+
 function onResults(message) {
   const alternative = (message.channel && message.channel.alternatives && message.channel.alternatives[0]) || {};
   const text = (alternative.transcript || "").trim();
   const endS = (message.start || 0) + (message.duration || 0);
   showLatency(endS);
+  const languages = languagesOf(alternative);
+  if (text && languages.length) {
+    ui.captionLanguage.textContent = languages.join(" ");
+    ui.captionLanguage.hidden = false;
+  }
   if (message.is_final) {
     ui.captionInterim.textContent = "";
     const final = finalOf(message, session.connectionOffsetS);
-    if (final) addFinal(final);
+    if (final) addFinal(final, languages);
   } else {
     ui.captionInterim.textContent = text;
   }
@@ -400,7 +419,7 @@ function stop() {
 
 // ---------- transcript ----------
 
-function addFinal(final) {
+function addFinal(final, languages) {
   finals.push(final);
   const shown = finals.slice(-CAPTION_FINALS_SHOWN).map((f) => f.text);
   ui.captionFinals.textContent = shown.join(" ");
@@ -410,7 +429,9 @@ function addFinal(final) {
   time.textContent = shortClock(final.startS);
   const text = document.createElement("span");
   text.textContent = final.text;
-  item.append(time, text);
+  item.append(time);
+  if (languages.length) item.append(languageBadge(languages));
+  item.append(text);
   const atBottom = ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 40;
   ui.transcript.append(item);
   if (atBottom) ui.transcript.scrollTop = ui.transcript.scrollHeight;
@@ -466,6 +487,7 @@ $("clear").addEventListener("click", () => {
   ui.transcript.replaceChildren();
   ui.captionFinals.textContent = "";
   ui.captionInterim.textContent = "";
+  ui.captionLanguage.hidden = true;
 });
 if (navigator.mediaDevices && navigator.mediaDevices.addEventListener) {
   navigator.mediaDevices.addEventListener("devicechange", () => refreshMicrophones().catch(() => {}));

@@ -1,1 +1,2 @@
-"""Helpers for the tests and benchmarks that are not tests themselves (model builders)."""
+"""Test infrastructure that the tests and the benchmarks share: paths, the server launcher,
+child processes, a local S3 server, model builders. Imports nothing from bench/."""

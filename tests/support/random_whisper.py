@@ -5,6 +5,12 @@ faster-whisper loads it, computes `n_mels` features (from preprocessor_config.js
 generates, aligns and detects languages with it. Weights are seeded and drawn with a standard
 deviation of 0.5/sqrt(fan_in), so activations stay finite in float16 through 32 layers.
 
+Such output is rejected by any hallucination filter (its log probability is about -10 a
+token). With `answer` (one vocabulary token, e.g. "Ġhello") the decoder says that token and
+then stops, confidently, whatever it hears: the token's and end-of-text's embeddings point
+along two unit directions that the final layer norm's bias favours (end-of-text 30, the
+answer 25 logits above the rest; a first step may not end, so the answer comes first).
+
 The vocabulary, tokenizer and special token ids are those of the multilingual Whisper base
 (`python -m cache fetch whisper-base`): 51,865 tokens. large-v3 and its descendants have
 51,866 (`<|yue|>` added), one output row more; nothing that matters for cost changes.
@@ -38,6 +44,9 @@ SAMPLE_RATE_HZ = 16_000
 HOP_LENGTH = 160
 N_FFT = 400
 CHUNK_LENGTH_S = 30
+EOT = "<|endoftext|>"
+EOT_LOGIT = 30.0
+ANSWER_LOGIT = 25.0
 
 Array = npt.NDArray[np.float16]
 
@@ -53,9 +62,15 @@ class WhisperShape:
     decoder_heads: int
     d_model: int
 
-    def build(self, out_dir: Path, *, seed: int, tokenizer_dir: Path) -> Path:
+    def build(
+        self, out_dir: Path, *, seed: int, tokenizer_dir: Path, answer: str | None = None
+    ) -> Path:
         return build_random_whisper(
-            out_dir, **dataclasses.asdict(self), seed=seed, tokenizer_dir=tokenizer_dir
+            out_dir,
+            **dataclasses.asdict(self),
+            seed=seed,
+            tokenizer_dir=tokenizer_dir,
+            answer=answer,
         )
 
 
@@ -86,11 +101,13 @@ def build_random_whisper(
     d_model: int,
     seed: int,
     tokenizer_dir: Path,
+    answer: str | None = None,
 ) -> Path:
     """Write a faster-whisper model directory with random weights into `out_dir`; returns it.
 
     `tokenizer_dir` is a multilingual faster-whisper model directory (whisper-base) whose
-    vocabulary.json, tokenizer.json and config.json token ids are reused.
+    vocabulary.json, tokenizer.json and config.json token ids are reused. `answer`: the
+    vocabulary token the decoder always says (see the module docstring).
     """
     if d_model % encoder_heads or d_model % decoder_heads:
         raise ValueError(f"d_model {d_model} is not divisible by the number of heads")
@@ -113,6 +130,8 @@ def build_random_whisper(
     decoder.embeddings.weight = embeddings
     decoder.position_encodings.encodings = weights.normal((DECODER_POSITIONS, d_model), 0.01)
     _set_layer_norm(decoder.layer_norm, d_model)
+    if answer is not None:
+        _make_answer(decoder.layer_norm, embeddings, tokens.index(answer), tokens.index(EOT))
     for layer in decoder.layer:
         _set_self_attention(layer.self_attention, weights, d_model)
         cross = layer.attention
@@ -148,6 +167,22 @@ def build_random_whisper(
     }
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     return out_dir
+
+
+def _make_answer(
+    final_norm: common_spec.LayerNormSpec, embeddings: Array, answer: int, eot: int
+) -> None:
+    """Bias the output so that `answer` comes first, then end-of-text."""
+    d_model = embeddings.shape[1]
+    eot_direction = np.zeros(d_model, dtype=np.float16)
+    eot_direction[0] = 1.0
+    answer_direction = np.zeros(d_model, dtype=np.float16)
+    answer_direction[1] = 1.0
+    embeddings[eot] = eot_direction
+    embeddings[answer] = answer_direction
+    final_norm.beta = (EOT_LOGIT * eot_direction + ANSWER_LOGIT * answer_direction).astype(
+        np.float16
+    )
 
 
 class _Weights:

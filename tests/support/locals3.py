@@ -1,6 +1,6 @@
 """A local S3-compatible server (moto, on 127.0.0.1) and boto3 clients for it.
 
-For the hydration benchmarks and tests: a real S3 wire protocol with no cloud and no real
+For the hydration tests and benchmarks: a real S3 wire protocol with no cloud and no real
 keys (moto accepts any key pair).
 """
 
