@@ -1,6 +1,7 @@
 """The APIs people already have clients for, end to end: a real server, the real tiny.en
-and the official SDKs unchanged (openai: audio transcriptions, translations and the
-Realtime client; deepgram-sdk: pre-recorded transcribe_file), plus the refusals."""
+(whisper-base for translation) and the official SDKs unchanged (openai: audio
+transcriptions, translations and the Realtime client; deepgram-sdk: pre-recorded
+transcribe_file), plus the refusals."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import soxr
 
+from tests.support.paths import SHARED_DIR
 from tests.support.server import ServerProcess
 from tests.wsclient import normalize, read_wav
 
@@ -276,3 +278,16 @@ def test_drain_ends_a_file_transcription_with_a_message_to_retry(
         for _ in events:
             pass
     assert srv.proc.wait(timeout=30) == 0, "a clean drain"
+
+
+def test_openai_translation_on_a_multilingual_model(server_factory: Any) -> None:
+    from cache.registry import fetch
+    from cache.store import default_cache_dir
+
+    base = server_factory("--model", str(fetch("whisper-base", default_cache_dir())))
+    clip = (SHARED_DIR / "speech-multi" / "fr_picovoice.wav").read_bytes()
+    client = openai_client(base)
+    english = client.audio.translations.create(model="whisper-1", file=("fr.wav", clip))
+    french = client.audio.transcriptions.create(model="whisper-1", file=("fr.wav", clip))
+    assert "consul" in normalize(english.text) and "under" in normalize(english.text)
+    assert "sous le" in normalize(french.text) and "under" not in normalize(french.text)
