@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -293,15 +292,11 @@ def _openai_options(runtime: Runtime, fields: openai_audio.AudioRequest) -> Stre
             )
         query["task"] = ["translate"]
     try:
-        options = parse_options(query, languages=engine.languages, multilingual=engine.multilingual)
+        # No encoding in the query: the upload is decoded as a container.
+        return parse_options(query, languages=engine.languages, multilingual=engine.multilingual)
     except InvalidParameter as exc:
         name = "prompt" if exc.name == "keyterm" else exc.name
         raise _Refused(400, exc.message, name) from exc
-    # `task` is a stream option only where the engine can translate: never transcribe a
-    # translation request silently.
-    if fields.task == "translate" and getattr(options, "task", "transcribe") != "translate":
-        raise _Refused(400, "this server's engine cannot translate yet", "model")
-    return replace(options, encoding=None)
 
 
 def _openai_response(
