@@ -14,8 +14,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.frames import CloseCode
 
@@ -36,12 +37,19 @@ from server.protocol import (
     to_json,
 )
 from server.runtime import Phase, Runtime, model_info
-from server.session import Action, Cancel, Close, Label, Promote, Send, Session, Transcribe
+from server.session import (
+    Action,
+    Cancel,
+    Close,
+    Label,
+    Promote,
+    Send,
+    Session,
+    SpeakerLabel,
+    Transcribe,
+)
 from server.transcription import AsrResult
 from server.websocket import Disconnected, WebSocket
-
-if TYPE_CHECKING:
-    from server.speakers.cluster import SpeakerTracker
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,6 @@ class Connection:
         self._control = RateLimiter.per_second(limits.max_control_per_s, time.monotonic())
         self.session: Session | None = None
         self.decoder: StreamDecoder | None = None
-        self._tracker: SpeakerTracker | None = None
-        self._labeller: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ Drainable
 
@@ -134,7 +140,9 @@ class Connection:
             self._apply(self.session.fail(refusal.code, refusal.message, refusal.close_code))
             await asyncio.gather(self._send_loop(), self._discard_incoming())
             return
-        self._dispatcher = Dispatcher(rt, self.request_id, self._on_result)
+        self._dispatcher = Dispatcher(
+            rt, self.request_id, self._on_result, on_labels=self._on_labels
+        )
         rt.connections.add(self)
         rt.metrics.sessions_total.inc()
         rt.metrics.sessions_active.inc()
@@ -171,8 +179,6 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self._closer
             watcher.cancel()
-            if self._labeller is not None:
-                self._labeller.cancel()
             self.decoder.close()
             self._dispatcher.cancel_all()
             rt.connections.discard(self)
@@ -362,38 +368,25 @@ class Connection:
                 assert self._dispatcher is not None
                 self._dispatcher.steer(action)
             elif isinstance(action, Label):
-                self._labeller = self._loop.create_task(self._label(action))
+                assert self._dispatcher is not None
+                self._dispatcher.label(action)
             else:
                 self._outbox.push_close(action)
                 self._out_ready.set()
         if not self.session.backlog_full:
             self._backlog_ok.set()
 
-    async def _label(self, action: Label) -> None:
-        """The talkers of a final's words, found off the event loop (about 13 ms of CPU
-        per second of audio); the session asks for one final at a time, in order."""
+    def _on_labels(self, ticket: int, outcome: Sequence[SpeakerLabel] | BaseException) -> None:
         assert self.session is not None
-        try:
-            labels = await asyncio.to_thread(self._assign, action)
-        except Exception:
-            self.log.exception("speaker assignment failed")
+        if isinstance(outcome, BaseException):
+            self.log.error("speaker assignment failed", exc_info=outcome)
             self._apply(
                 self.session.fail(
                     "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
                 )
             )
             return
-        self._apply(self.session.on_speakers(action.ticket, labels))
-
-    def _assign(self, action: Label) -> list[tuple[int, float]]:
-        if self._tracker is None:
-            from server.speakers.cluster import SpeakerTracker
-
-            self._tracker = SpeakerTracker(self.runtime.speakers.encoder())
-        return [
-            (label.speaker, label.confidence)
-            for label in self._tracker.assign(action.audio, action.word_spans_s)
-        ]
+        self._apply(self.session.on_speakers(ticket, outcome))
 
     def _on_result(self, ticket: int, outcome: AsrResult | BaseException) -> None:
         assert self.session is not None

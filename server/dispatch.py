@@ -1,31 +1,46 @@
-"""Carries out one session's transcription actions through the shared scheduler, on one lane.
+"""Carries out one session's engine work: transcriptions through the shared scheduler (on
+one lane), speaker labels off the event loop.
 
 A `Dispatcher` belongs to one session (a live stream, a Realtime session or a file request):
 it submits each `Transcribe` the session asks for to the scheduler (the live lanes, or the
 bulk lane for files), steers speculative requests (`Promote`, `Cancel`), hands every result
-back to the session on the event loop, and records how long each result took.
+back to the session on the event loop, and records how long each result took. With
+diarize=true it also finds the talkers of each final's words (`Label`) in a worker thread,
+with the session's own speaker tracker (about 13 ms of CPU per second of audio).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from server.runtime import Runtime
 from server.scheduler import Job
-from server.session import Cancel, Promote, Transcribe
+from server.session import Cancel, Label, Promote, SpeakerLabel, Transcribe
 from server.transcription import AsrRequest, AsrResult
+
+if TYPE_CHECKING:
+    from server.speakers.cluster import SpeakerTracker
 
 ResultHandler = Callable[[int, AsrResult | BaseException], None]
 """(ticket, the result or the exception), called on the event loop."""
+LabelHandler = Callable[[int, Sequence[SpeakerLabel] | BaseException], None]
+"""(ticket, each word's (speaker, confidence) or the exception), called on the event loop."""
 
 
 class Dispatcher:
     """The scheduler as one session sees it."""
 
     def __init__(
-        self, runtime: Runtime, session_id: str, on_result: ResultHandler, *, bulk: bool = False
+        self,
+        runtime: Runtime,
+        session_id: str,
+        on_result: ResultHandler,
+        *,
+        on_labels: LabelHandler | None = None,
+        bulk: bool = False,
     ) -> None:
         scheduler, engine = runtime.scheduler, runtime.engine
         if scheduler is None or engine is None:
@@ -39,6 +54,10 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._jobs: dict[int, Job[AsrRequest, AsrResult]] = {}
         self._submitted_s: dict[int, tuple[float, str]] = {}
+        self._runtime = runtime
+        self._on_labels = on_labels
+        self._tracker: SpeakerTracker | None = None
+        self._labelling: set[asyncio.Task[None]] = set()
 
     def submit(self, action: Transcribe) -> None:
         request = action.request
@@ -77,11 +96,38 @@ class Dispatcher:
             self._jobs.pop(action.ticket, None)
             self._scheduler.withdraw(job)
 
+    def label(self, action: Label) -> None:
+        """Find the talkers of a final's words off the event loop; answer to `on_labels`."""
+        task = self._loop.create_task(self._label(action))
+        self._labelling.add(task)
+        task.add_done_callback(self._labelling.discard)
+
+    async def _label(self, action: Label) -> None:
+        assert self._on_labels is not None, "a session that diarizes needs on_labels"
+        try:
+            labels = await asyncio.to_thread(self._assign, action)
+        except Exception as exc:
+            self._on_labels(action.ticket, exc)
+            return
+        self._on_labels(action.ticket, labels)
+
+    def _assign(self, action: Label) -> list[SpeakerLabel]:
+        if self._tracker is None:
+            from server.speakers.cluster import SpeakerTracker
+
+            self._tracker = SpeakerTracker(self._runtime.speakers.encoder())
+        return [
+            (label.speaker, label.confidence)
+            for label in self._tracker.assign(action.audio, action.word_spans_s)
+        ]
+
     def cancel_all(self) -> None:
         """The session is over: drop its queued requests (results in flight are ignored)."""
         self._scheduler.cancel_session(self._session_id)
         self._jobs.clear()
         self._submitted_s.clear()
+        for task in self._labelling:
+            task.cancel()
 
     def _kind(self, final: bool) -> str:
         if self._bulk:

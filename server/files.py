@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import IO
 
@@ -31,7 +31,16 @@ from server.connection import SessionLog
 from server.dispatch import Dispatcher
 from server.protocol import SAMPLE_RATE_HZ, CloseStream, Error, Results, StreamOptions
 from server.runtime import Runtime
-from server.session import Action, Cancel, Promote, Send, Session, Transcribe
+from server.session import (
+    Action,
+    Cancel,
+    Label,
+    Promote,
+    Send,
+    Session,
+    SpeakerLabel,
+    Transcribe,
+)
 from server.transcription import AsrResult
 
 log = logging.getLogger(__name__)
@@ -99,7 +108,9 @@ class FileTranscriber:
         )
         self.warnings: list[str] = []
         self._runtime = runtime
-        self._dispatcher = Dispatcher(runtime, request_id, self._on_result, bulk=True)
+        self._dispatcher = Dispatcher(
+            runtime, request_id, self._on_result, on_labels=self._on_labels, bulk=True
+        )
         self._finals = _Finals()
         self._released: list[FileSegment] = []
         self._changed = asyncio.Event()
@@ -192,6 +203,8 @@ class FileTranscriber:
                 self._dispatcher.submit(action)
             elif isinstance(action, Promote | Cancel):
                 self._dispatcher.steer(action)
+            elif isinstance(action, Label):
+                self._dispatcher.label(action)
             elif isinstance(action, Send):
                 message = action.message
                 if isinstance(message, Results):
@@ -199,6 +212,13 @@ class FileTranscriber:
                 elif isinstance(message, Error):
                     self._fail(FileError(500, "transcription failed on the server; retry"))
         self._changed.set()
+
+    def _on_labels(self, ticket: int, outcome: Sequence[SpeakerLabel] | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self._log.error("speaker assignment failed", exc_info=outcome)
+            self._fail(FileError(500, "speaker assignment failed on the server; retry"))
+            return
+        self._apply(self.session.on_speakers(ticket, outcome))
 
     def _on_result(self, ticket: int, outcome: AsrResult | BaseException) -> None:
         if isinstance(outcome, AsrResult):

@@ -3,17 +3,19 @@
 The shape is what Deepgram answers and its SDKs parse: `metadata` (request_id, sha256,
 created, duration, channels, models, model_info), `results.channels[0].alternatives[0]`
 (transcript, confidence, words) and, with `utterances=true`, `results.utterances` (one per
-final: the server's utterances are the VAD's, cut by endpointing). Words and numbers are
-encoded as on the live path (`server.protocol`).
+final: the server's utterances are the VAD's, cut by endpointing; with diarize=true each
+names the speaker of most of its words). Words are encoded as on the live path
+(`server.protocol.word_json`: `speaker` with diarize=true, `language` with language=multi).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from server.protocol import ModelInfo, Results, Word
+from server.protocol import ModelInfo, Results, word_json
 
 _DIGITS = 3
 
@@ -22,14 +24,10 @@ def _r(value: float, digits: int = _DIGITS) -> float:
     return round(value, digits)
 
 
-def _word(word: Word) -> dict[str, object]:
-    return {
-        "word": word.word,
-        "start": _r(word.start_s),
-        "end": _r(word.end_s),
-        "confidence": _r(word.confidence, 4),
-        "punctuated_word": word.punctuated_word,
-    }
+def _speaker(final: Results) -> dict[str, object]:
+    """With diarize=true: an utterance's speaker is the one most of its words have."""
+    speakers = [w.speaker for w in final.words if w.speaker is not None]
+    return {"speaker": Counter(speakers).most_common(1)[0][0]} if speakers else {}
 
 
 def _confidence(finals: Sequence[Results]) -> float:
@@ -71,7 +69,7 @@ def response(
     alternative = {
         "transcript": " ".join(r.transcript for r in finals),
         "confidence": _r(_confidence(finals), 4),
-        "words": [_word(w) for r in finals for w in r.words],
+        "words": [word_json(w) for r in finals for w in r.words],
     }
     results: dict[str, object] = {"channels": [{"alternatives": [alternative]}]}
     if utterances:
@@ -82,8 +80,9 @@ def response(
                 "confidence": _r(r.confidence, 4),
                 "channel": 0,
                 "transcript": r.transcript,
-                "words": [_word(w) for w in r.words],
+                "words": [word_json(w) for w in r.words],
                 "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{request_id}/{index}")),
+                **_speaker(r),
             }
             for index, r in enumerate(finals)
         ]

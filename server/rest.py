@@ -207,16 +207,20 @@ def _deepgram_options(runtime: Runtime, request: Request) -> tuple[StreamOptions
             "url",
         )
     query = request.query
-    for name in ("diarize", "diarize_model"):
-        values = query.get(name)
-        if values and values[-1].strip().lower() not in _FALSE:
-            raise _Refused(
-                400, "speaker diarization is not implemented on this server yet; remove it", name
-            )
+    values = query.get("diarize_model")
+    if values and values[-1].strip().lower() not in _FALSE:
+        raise _Refused(400, "diarize_model is not supported; send diarize=true", "diarize_model")
     try:
         options = options_for(runtime, request.target)
     except InvalidParameter as exc:
         raise _Refused(400, exc.message, exc.name) from exc
+    if options.diarize and not runtime.speakers.available:
+        raise _Refused(
+            400,
+            "diarization needs the speaker encoder's weights on the server: run 'python -m "
+            "cache fetch resemblyzer-encoder' there, or start it with --speaker-model PATH",
+            "diarize",
+        )
     return options, _flag(query, "utterances")
 
 

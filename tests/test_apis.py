@@ -185,7 +185,7 @@ def test_deepgram_prerecorded_refusals(server: ServerProcess, jfk_wav: bytes) ->
         {"Content-Type": "application/json"},
     )
     assert (status, answer["parameter"]) == (400, "url") and "URL" in answer["err_msg"]
-    for query, name in (("diarize=true", "diarize"), ("redact=pci", "redact")):
+    for query, name in (("diarize_model=latest", "diarize_model"), ("redact=pci", "redact")):
         status, answer = post(server, f"/v1/listen?{query}", jfk_wav, {"Content-Type": "audio/wav"})
         assert (status, answer["parameter"]) == (400, name)
     status, answer = post(server, "/v1/listen", b"not audio at all", {"Content-Type": "audio/wav"})
@@ -291,3 +291,46 @@ def test_openai_translation_on_a_multilingual_model(server_factory: Any) -> None
     french = client.audio.transcriptions.create(model="whisper-1", file=("fr.wav", clip))
     assert "consul" in normalize(english.text) and "under" in normalize(english.text)
     assert "sous le" in normalize(french.text) and "under" not in normalize(french.text)
+
+
+def test_deepgram_prerecorded_diarize(server_factory: Any) -> None:
+    from cache.registry import fetch
+    from cache.store import default_cache_dir
+    from tests.test_diarize import conversation
+
+    weights = fetch("resemblyzer-encoder", default_cache_dir()) / "pretrained.pt"
+    srv = server_factory("--speaker-model", str(weights))
+    pcm, turns = conversation()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm)
+    status, answer = post(
+        srv,
+        "/v1/listen?diarize=true&utterances=true",
+        buffer.getvalue(),
+        {"Content-Type": "audio/wav"},
+    )
+    assert status == 200, answer
+    words = answer["results"]["channels"][0]["alternatives"][0]["words"]
+    assert words and all("speaker" in w for w in words)
+    truth = [
+        next(
+            who
+            for start, end, who in turns
+            if start - 0.5 <= (w["start"] + w["end"]) / 2 <= end + 0.5
+        )
+        for w in words
+    ]
+    labels = [w["speaker"] for w in words]
+    best = max(
+        sum(mapping[t] == label for t, label in zip(truth, labels, strict=True))
+        for mapping in (
+            dict(zip(("lj", "jfk"), p, strict=True))
+            for p in itertools.permutations(sorted(set(labels) | {0, 1}), 2)
+        )
+    )
+    assert best >= 0.9 * len(words), list(zip(truth, labels, strict=True))
+    assert all("speaker" in u for u in answer["results"]["utterances"])
