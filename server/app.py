@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from server import resources, serving
+from server import resources, rest, serving
 from server.asr import DecodeOptions, EngineError, WhisperEngine, resolve_device
 from server.config import (
     BUILTIN_MODEL,
@@ -32,7 +32,8 @@ from server.config import (
     resolve,
 )
 from server.connection import serve_listen
-from server.http import LISTEN_PATH, App
+from server.http import LISTEN_PATH, REALTIME_PATH, App
+from server.realtime import serve_realtime
 from server.runtime import Phase, Runtime, Speakers, model_info
 from server.scheduler import Scheduler
 from vad.base import SpeechClassifier
@@ -218,7 +219,12 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
 
     net = settings.network
-    app = App(runtime, sessions={LISTEN_PATH: serve_listen}, web_root=net.web_root)
+    app = App(
+        runtime,
+        sessions={LISTEN_PATH: serve_listen, REALTIME_PATH: serve_realtime},
+        rest=rest.handlers(runtime),
+        web_root=net.web_root,
+    )
     server = serving.build_server(
         app,
         max_frame_bytes=settings.limits.max_frame_bytes,

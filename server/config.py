@@ -122,6 +122,8 @@ class LimitSettings:
     max_pending_finals: int = 8
     max_outgoing_finals: int = 256
     drain_timeout_s: float = 20.0
+    max_upload_bytes: int = 512 << 20
+    """Largest file a REST request may upload (spooled to a temporary file past 1 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -521,6 +523,14 @@ _FLAGS: tuple[_Flag, ...] = (
         "finals buffered for a client that does not read before it is closed",
     ),
     _Flag("drain-timeout-s", "limits", "drain_timeout_s", _positive_float, "graceful stop bound"),
+    _Flag(
+        "max-upload-bytes",
+        "limits",
+        "max_upload_bytes",
+        _positive_int,
+        "largest audio file a REST request may upload (413 past it; default 512 MiB: 50 min "
+        "of CD-quality WAV, 4.6 h of 16 kHz mono WAV, days of compressed speech)",
+    ),
     _Flag(
         "api-key",
         "auth",

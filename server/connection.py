@@ -14,12 +14,14 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.frames import CloseCode
 
 from server.audio import AudioDecodeError, StreamDecoder, decoder_for
+from server.dispatch import Dispatcher
 from server.limits import RateLimiter, Refusal, admission
 from server.outbox import Outbox
 from server.protocol import (
@@ -35,13 +37,19 @@ from server.protocol import (
     to_json,
 )
 from server.runtime import Phase, Runtime, model_info
-from server.scheduler import Job
-from server.session import Action, Cancel, Close, Label, Promote, Send, Session, Transcribe
-from server.transcription import AsrRequest, AsrResult
+from server.session import (
+    Action,
+    Cancel,
+    Close,
+    Label,
+    Promote,
+    Send,
+    Session,
+    SpeakerLabel,
+    Transcribe,
+)
+from server.transcription import AsrResult
 from server.websocket import Disconnected, WebSocket
-
-if TYPE_CHECKING:
-    from server.speakers.cluster import SpeakerTracker
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +89,10 @@ class Connection:
         self._closed = asyncio.Event()
         self._close_code: int | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._submitted_s: dict[int, tuple[float, bool]] = {}
-        self._jobs: dict[int, Job[AsrRequest, AsrResult]] = {}
+        self._dispatcher: Dispatcher | None = None
         self._control = RateLimiter.per_second(limits.max_control_per_s, time.monotonic())
         self.session: Session | None = None
         self.decoder: StreamDecoder | None = None
-        self._tracker: SpeakerTracker | None = None
-        self._labeller: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ Drainable
 
@@ -135,6 +140,9 @@ class Connection:
             self._apply(self.session.fail(refusal.code, refusal.message, refusal.close_code))
             await asyncio.gather(self._send_loop(), self._discard_incoming())
             return
+        self._dispatcher = Dispatcher(
+            rt, self.request_id, self._on_result, on_labels=self._on_labels
+        )
         rt.connections.add(self)
         rt.metrics.sessions_total.inc()
         rt.metrics.sessions_active.inc()
@@ -171,11 +179,8 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self._closer
             watcher.cancel()
-            if self._labeller is not None:
-                self._labeller.cancel()
             self.decoder.close()
-            if rt.scheduler is not None:
-                rt.scheduler.cancel_session(self.request_id)
+            self._dispatcher.cancel_all()
             rt.connections.discard(self)
             rt.metrics.sessions_active.dec()
             rt.metrics.audio_seconds_total.inc(self.session.counters.audio_s)
@@ -357,88 +362,36 @@ class Connection:
             if isinstance(action, Send):
                 self._enqueue(action.message)
             elif isinstance(action, Transcribe):
-                self._submit(action)
+                assert self._dispatcher is not None
+                self._dispatcher.submit(action)
             elif isinstance(action, Promote | Cancel):
-                self._steer(action)
+                assert self._dispatcher is not None
+                self._dispatcher.steer(action)
             elif isinstance(action, Label):
-                self._labeller = self._loop.create_task(self._label(action))
+                assert self._dispatcher is not None
+                self._dispatcher.label(action)
             else:
                 self._outbox.push_close(action)
                 self._out_ready.set()
         if not self.session.backlog_full:
             self._backlog_ok.set()
 
-    def _submit(self, action: Transcribe) -> None:
-        scheduler = self.runtime.scheduler
-        engine = self.runtime.engine
-        assert scheduler is not None and engine is not None
-        request = action.request
-        if not action.speculative:
-            self._submitted_s[action.ticket] = (time.monotonic(), request.final)
-
-        def done(outcome: object) -> None:
-            self._jobs.pop(action.ticket, None)
-            self._on_result(action.ticket, outcome)
-
-        self._jobs[action.ticket] = scheduler.submit(
-            self._loop,
-            self.request_id,
-            request,
-            final=request.final,
-            batch_key=(request.language, request.hotwords, request.final, request.task),
-            on_done=done,
-            speculative=action.speculative,
-            cost=engine.pack_cost_s(request),
-        )
-
-    async def _label(self, action: Label) -> None:
-        """The talkers of a final's words, found off the event loop (about 13 ms of CPU
-        per second of audio); the session asks for one final at a time, in order."""
+    def _on_labels(self, ticket: int, outcome: Sequence[SpeakerLabel] | BaseException) -> None:
         assert self.session is not None
-        try:
-            labels = await asyncio.to_thread(self._assign, action)
-        except Exception:
-            self.log.exception("speaker assignment failed")
+        if isinstance(outcome, BaseException):
+            self.log.error("speaker assignment failed", exc_info=outcome)
             self._apply(
                 self.session.fail(
                     "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
                 )
             )
             return
-        self._apply(self.session.on_speakers(action.ticket, labels))
+        self._apply(self.session.on_speakers(ticket, outcome))
 
-    def _assign(self, action: Label) -> list[tuple[int, float]]:
-        if self._tracker is None:
-            from server.speakers.cluster import SpeakerTracker
-
-            self._tracker = SpeakerTracker(self.runtime.speakers.encoder())
-        return [
-            (label.speaker, label.confidence)
-            for label in self._tracker.assign(action.audio, action.word_spans_s)
-        ]
-
-    def _steer(self, action: Promote | Cancel) -> None:
-        scheduler = self.runtime.scheduler
-        job = self._jobs.get(action.ticket)
-        if scheduler is None or job is None:
-            return  # already done: a promoted result is in hand, a cancelled one is ignored
-        if isinstance(action, Promote):
-            self._submitted_s[action.ticket] = (time.monotonic(), True)
-            scheduler.promote(job)
-        else:
-            self._jobs.pop(action.ticket, None)
-            scheduler.withdraw(job)
-
-    def _on_result(self, ticket: int, outcome: object) -> None:
+    def _on_result(self, ticket: int, outcome: AsrResult | BaseException) -> None:
         assert self.session is not None
-        submitted = self._submitted_s.pop(ticket, None)
-        if submitted is not None:
-            kind = "final" if submitted[1] else "interim"
-            self.runtime.metrics.result_latency.labels(kind).observe(
-                time.monotonic() - submitted[0]
-            )
         try:
-            self._apply(self.session.on_result(ticket, outcome))  # type: ignore[arg-type]
+            self._apply(self.session.on_result(ticket, outcome))
         except Exception:
             self.log.exception("result handling failed")
             self._apply(

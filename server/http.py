@@ -19,7 +19,7 @@ from pathlib import Path
 from server.metrics import CONTENT_TYPE_LATEST
 from server.protocol import InvalidParameter, StreamOptions, parse_options, query_of
 from server.runtime import Runtime
-from server.websocket import Message, Receive, Scope, Send, WebSocket
+from server.websocket import Receive, Scope, Send, WebSocket
 
 LISTEN_PATH = "/v1/listen"
 REALTIME_PATH = "/v1/realtime"
@@ -67,16 +67,18 @@ def error(status: int, message: str, **extra: object) -> Response:
 
 @dataclass(frozen=True)
 class Request:
-    """An HTTP request's head (the body is read by the handler that wants it)."""
+    """An HTTP request's head (the body is read by the handler that wants it). A handler
+    that streams its answer sends it with `send` itself and returns None."""
 
     method: str
     path: str
     target: str
     headers: Headers
     receive: Receive
+    send: Send
 
     @classmethod
-    def of(cls, scope: Scope, receive: Receive) -> Request:
+    def of(cls, scope: Scope, receive: Receive, send: Send) -> Request:
         query = scope.get("query_string", b"").decode("latin-1")
         path = str(scope.get("path", "/"))
         return cls(
@@ -85,6 +87,7 @@ class Request:
             target=f"{path}?{query}" if query else path,
             headers=headers_of(scope),
             receive=receive,
+            send=send,
         )
 
     @property
@@ -168,31 +171,31 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(Request.of(scope, receive), send)
+            await self._http(Request.of(scope, receive, send), send)
         elif scope["type"] == "websocket":
             await self._websocket(WebSocket(scope, receive, send))
 
     # ------------------------------------------------------------------ HTTP
 
     async def _http(self, request: Request, send: Send) -> None:
-        response = await self._route(request, send)
+        response = await self._route(request)
         if response is not None:
             await response.send(send, head_only=request.method == "HEAD")
 
-    async def _route(self, request: Request, send: Send) -> Response | None:
+    async def _route(self, request: Request) -> Response | None:
         path, method = request.path, request.method
         if path in self.sessions:
             refusal = self._auth(request.headers, request.query)
             if refusal is not None:
                 return refusal
             if method == "POST" and path in self.rest:
-                return await self._rest(request, path, send)
+                return await self.rest[path](request)
             return error(426, f"{path} is a WebSocket endpoint; send an Upgrade request")
         if path in self.rest:
             if method != "POST":
                 return error(405, f"{path} takes POST", allow="POST")
             refusal = self._auth(request.headers, request.query)
-            return refusal or await self._rest(request, path, send)
+            return refusal or await self.rest[path](request)
         if method not in ("GET", "HEAD"):
             return error(405, f"{method} is not served at {path[:100]}")
         if path == "/healthz":
@@ -205,10 +208,6 @@ class App:
         if path == "/v1/models":
             return self._models()
         return self._static(path)
-
-    async def _rest(self, request: Request, path: str, send: Send) -> Response | None:
-        handler = self.rest[path]
-        return await handler(request)
 
     def _auth(self, headers: Headers, query: Mapping[str, Sequence[str]]) -> Response | None:
         keys = self.runtime.settings.auth.api_keys
@@ -314,25 +313,3 @@ class App:
                 parameter="diarize",
             )
         return None
-
-
-async def read_body(request: Request, limit_bytes: int) -> bytes | Response:
-    """The request body, or a 413 response once it passes `limit_bytes`."""
-    declared = single_header(request.headers, "content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
-        return error(413, f"the upload is larger than the server's limit of {limit_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await request.receive()
-        if message["type"] != "http.request":
-            return error(400, "the client went away before the upload ended")
-        chunk = bytes(message.get("body", b""))
-        size += len(chunk)
-        if size > limit_bytes:
-            return error(
-                413, f"the upload is larger than the server's limit of {limit_bytes} bytes"
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)

@@ -119,10 +119,8 @@ class Metrics:
         self.model_info.clear()
         self.model_info.labels(name, device, compute_type).set(1)
 
-    def observe_batch(
-        self, size: int, seconds: float, final: bool, waits_s: Sequence[float]
-    ) -> None:
-        kind = "final" if final else "interim"
+    def observe_batch(self, size: int, seconds: float, kind: str, waits_s: Sequence[float]) -> None:
+        """One engine call of `kind` (final, interim or file) and its requests' queue waits."""
         self.batch_size.labels(kind).observe(size)
         self.inference_seconds.labels(kind).observe(seconds)
         for wait in waits_s:

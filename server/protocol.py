@@ -388,7 +388,8 @@ def _r(value: float, digits: int = 3) -> float:
     return round(value, digits) if math.isfinite(value) else 0.0
 
 
-def _word_json(word: Word) -> dict[str, object]:
+def word_json(word: Word) -> dict[str, object]:
+    """A word as Results and the pre-recorded response encode it."""
     data: dict[str, object] = {
         "word": word.word,
         "start": _r(word.start_s),
@@ -421,7 +422,7 @@ def to_json(message: ServerMessage) -> str:
                     {
                         "transcript": message.transcript,
                         "confidence": _r(message.confidence, 4),
-                        "words": [_word_json(w) for w in message.words],
+                        "words": [word_json(w) for w in message.words],
                         **({} if message.languages is None else {"languages": message.languages}),
                     }
                 ]

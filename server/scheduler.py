@@ -8,15 +8,23 @@
 - speculative finals (asked for at a pause, before the endpoint confirms it) come after
   finals and before interims; `promote` turns one into a final, `withdraw` drops it;
 - a session's newer interim (or speculative) request replaces its queued older one;
-- a batch holds requests of one batch key (what the engine can share a call for; finals
-  and speculative finals may share one) and closes when full (`max_batch` requests, or
+- bulk requests (file transcriptions: nobody watches them live) come after everything
+  else, first in first out, and starts only while no live final is being transcribed (so
+  that a live final arriving meanwhile finds a worker free). So that live load cannot
+  starve them, a bulk request that has waited `bulk_aging_s` moves ahead of interims, and
+  one that has waited `bulk_max_wait_s` ahead of everything, whatever runs; bulk work never
+  takes the worker kept for finals (below);
+- a batch holds requests of one lane (bulk or live) and one batch key (what the engine can
+  share a call for; finals and speculative finals may share one) and closes when full
+  (`max_batch` requests, or
   `max_batch_cost` of their summed costs, e.g. seconds of audio that fit one packed
   window) or when its oldest request's wait reaches `batch_wait_ms`.
 
 `Scheduler` is the thin threaded layer: `workers` inference threads own the engine, each
 takes a batch, runs it off the event loop and hands every result back to its requester
-on the loop. At least one worker is kept free of interims when there is more than one,
-so that a final (or a speculative one) never waits behind interim work.
+on the loop. At least one worker is kept free of background work (interims and bulk
+requests) when there is more than one, so that a live final (or a speculative one) never
+waits behind it.
 """
 
 from __future__ import annotations
@@ -55,15 +63,25 @@ class Job(Generic[Req, Res]):
     on_done: Callable[[Res | BaseException], None]
     speculative: bool = False
     cost: float = 0.0
+    bulk: bool = False
+    """A file transcription's request: served after all live work (see BatchQueue)."""
     seq: int = 0
     vstart: int = 0
     cancelled: bool = False
 
     @property
     def background(self) -> bool:
-        """Work that must leave a worker free for finals: interims. A speculative final
-        may take any free worker (it usually becomes the final), but waits behind finals."""
-        return not self.final
+        """Work that must leave a worker free for finals: interims and bulk requests. A
+        speculative final may take any free worker (it usually becomes the final), but
+        waits behind finals."""
+        return not self.final or self.bulk
+
+    @property
+    def kind(self) -> str:
+        """The metrics label of the job's lane: final, interim or file."""
+        if self.bulk:
+            return "file"
+        return "final" if self.final else "interim"
 
 
 @dataclass
@@ -73,7 +91,12 @@ class BatchQueue(Generic[Req, Res]):
     max_batch: int
     batch_wait_s: float = 0.0
     max_batch_cost: float = math.inf
+    bulk_aging_s: float = 10.0
+    """A bulk request waiting this long goes ahead of interims."""
+    bulk_max_wait_s: float = 30.0
+    """A bulk request waiting this long goes ahead of everything (on a background worker)."""
     _finals: list[Job[Req, Res]] = field(default_factory=list)
+    _bulk: list[Job[Req, Res]] = field(default_factory=list)
     _interims: dict[str, Job[Req, Res]] = field(default_factory=dict)
     _specs: dict[str, Job[Req, Res]] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -81,15 +104,19 @@ class BatchQueue(Generic[Req, Res]):
     _vlast: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self._finals) + len(self._interims) + len(self._specs)
+        return len(self._finals) + len(self._interims) + len(self._specs) + len(self._bulk)
 
     @property
     def finals_waiting(self) -> int:
+        """Live finals in the queue (what a new live session's final would wait behind)."""
         return len(self._finals)
 
     def submit(self, job: Job[Req, Res]) -> Job[Req, Res] | None:
         """Queue a job; returns the interim it replaced, if any."""
         job.seq = next(self._seq)
+        if job.bulk:
+            self._bulk.append(job)
+            return None
         if job.final and not job.speculative:
             self._enqueue_final(job)
             return None
@@ -118,20 +145,29 @@ class BatchQueue(Generic[Req, Res]):
 
     def drop_session(self, session_id: str) -> list[Job[Req, Res]]:
         """Remove every queued job of a session that went away."""
-        gone = [j for j in self._finals if j.session_id == session_id]
+        gone = [j for j in (*self._finals, *self._bulk) if j.session_id == session_id]
         self._finals = [j for j in self._finals if j.session_id != session_id]
+        self._bulk = [j for j in self._bulk if j.session_id != session_id]
         others = [lane.pop(session_id, None) for lane in (self._interims, self._specs)]
         self._vlast.pop(session_id, None)
         return [*gone, *(j for j in others if j is not None)]
 
     def next_batch(
-        self, now_s: float, *, allow_interims: bool = True
+        self, now_s: float, *, allow_background: bool = True, allow_bulk: bool = True
     ) -> tuple[list[Job[Req, Res]], float | None]:
-        """Pop the next batch if one is due; else return ([], seconds until one is due or None)."""
-        candidates = sorted(self._finals, key=lambda j: (j.vstart, j.seq))
-        candidates += sorted(self._specs.values(), key=lambda j: j.seq)
-        if allow_interims:
-            candidates += sorted(self._interims.values(), key=lambda j: j.seq)
+        """Pop the next batch if one is due; else return ([], seconds until one is due or None).
+        `allow_background` False: only live finals and speculative ones; `allow_bulk` False:
+        no bulk request unless it has waited `bulk_max_wait_s` (see the module)."""
+        finals = sorted(self._finals, key=lambda j: (j.vstart, j.seq))
+        specs = sorted(self._specs.values(), key=lambda j: j.seq)
+        if not allow_background:
+            candidates = finals + specs
+        else:
+            starved, aged, young = self._bulk_by_age(now_s)
+            if not allow_bulk:
+                aged, young = [], []
+            interims = sorted(self._interims.values(), key=lambda j: j.seq)
+            candidates = starved + finals + specs + aged + interims + young
         if not candidates:
             return [], None
         head = candidates[0]
@@ -139,7 +175,7 @@ class BatchQueue(Generic[Req, Res]):
         cost = 0.0
         full = False
         for job in candidates:
-            if job.final != head.final or job.batch_key != head.batch_key:
+            if (job.final, job.bulk, job.batch_key) != (head.final, head.bulk, head.batch_key):
                 continue
             if len(same) == self.max_batch or (same and cost + job.cost > self.max_batch_cost):
                 full = True
@@ -150,7 +186,9 @@ class BatchQueue(Generic[Req, Res]):
         if not full and len(same) < self.max_batch and waited_s < self.batch_wait_s:
             return [], self.batch_wait_s - waited_s
         for job in same:
-            if job.speculative:
+            if job.bulk:
+                self._bulk.remove(job)
+            elif job.speculative:
                 del self._specs[job.session_id]
             elif job.final:
                 self._finals.remove(job)
@@ -158,6 +196,23 @@ class BatchQueue(Generic[Req, Res]):
             else:
                 del self._interims[job.session_id]
         return same, None
+
+    def _bulk_by_age(
+        self, now_s: float
+    ) -> tuple[list[Job[Req, Res]], list[Job[Req, Res]], list[Job[Req, Res]]]:
+        """Bulk jobs, oldest first, split by their wait: starved, aged and young."""
+        starved: list[Job[Req, Res]] = []
+        aged: list[Job[Req, Res]] = []
+        young: list[Job[Req, Res]] = []
+        for job in self._bulk:  # submission order is age order
+            waited_s = now_s - job.enqueued_s
+            if waited_s >= self.bulk_max_wait_s:
+                starved.append(job)
+            elif waited_s >= self.bulk_aging_s:
+                aged.append(job)
+            else:
+                young.append(job)
+        return starved, aged, young
 
 
 @dataclass
@@ -179,8 +234,9 @@ class SchedulerStats:
         return self.items / self.batches if self.batches else 1.0
 
 
-Observer = Callable[[int, float, bool, Sequence[float]], None]
-"""(batch size, inference seconds, is_final batch, queue waits in seconds) after each batch."""
+Observer = Callable[[int, float, str, Sequence[float]], None]
+"""(batch size, inference seconds, kind (final, interim or file), queue waits in seconds)
+after each batch."""
 
 
 class Scheduler(Generic[Req, Res]):
@@ -203,8 +259,8 @@ class Scheduler(Generic[Req, Res]):
         )
         self._cond = threading.Condition()
         self._workers = workers
-        self._interim_slots = max(1, workers - 1)
-        self._busy_interim = 0
+        self._background_slots = max(1, workers - 1)
+        self._busy_background = 0
         self._busy = 0
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -241,9 +297,10 @@ class Scheduler(Generic[Req, Res]):
         on_done: Callable[[Res | BaseException], None],
         speculative: bool = False,
         cost: float = 0.0,
+        bulk: bool = False,
     ) -> Job[Req, Res]:
         """Queue a request; `on_done` runs on `loop` with the result or the exception.
-        `cost` counts against the batch's `max_batch_cost`."""
+        `cost` counts against the batch's `max_batch_cost`; `bulk` puts it in the file lane."""
 
         def deliver(outcome: Res | BaseException) -> None:
             if not job.cancelled:
@@ -254,7 +311,15 @@ class Scheduler(Generic[Req, Res]):
                 loop.call_soon_threadsafe(deliver, outcome)
 
         job: Job[Req, Res] = Job(
-            session_id, final, request, batch_key, self._clock(), threadsafe, speculative, cost
+            session_id,
+            final,
+            request,
+            batch_key,
+            self._clock(),
+            threadsafe,
+            speculative,
+            cost,
+            bulk,
         )
         with self._cond:
             replaced = self._queue.submit(job)
@@ -299,19 +364,24 @@ class Scheduler(Generic[Req, Res]):
             while True:
                 if self._stopping:
                     return None
-                allow_interims = self._busy_interim < self._interim_slots
-                batch, wait_s = self._queue.next_batch(self._clock(), allow_interims=allow_interims)
+                allow = self._busy_background < self._background_slots
+                # A bulk request starts only while no live final runs: a live final that
+                # comes during it then finds the other worker free.
+                live_finals_running = self._busy > self._busy_background
+                batch, wait_s = self._queue.next_batch(
+                    self._clock(), allow_background=allow, allow_bulk=not live_finals_running
+                )
                 if batch:
                     background = batch[0].background  # promotion may change it later
                     self._busy += 1
-                    self._busy_interim += background
+                    self._busy_background += background
                     return batch, background
                 self._cond.wait(timeout=wait_s)
 
     def _done(self, background: bool) -> None:
         with self._cond:
             self._busy -= 1
-            self._busy_interim -= background
+            self._busy_background -= background
             self._cond.notify_all()
 
     def _work(self) -> None:
@@ -337,7 +407,7 @@ class Scheduler(Generic[Req, Res]):
         elapsed = self._clock() - started
         self.stats.record(len(live), elapsed)
         if self._observer is not None:
-            self._observer(len(live), elapsed, live[0].final, waits)
+            self._observer(len(live), elapsed, live[0].kind, waits)
         for job, result in zip(live, results, strict=True):
             job.on_done(result)
 

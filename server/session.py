@@ -305,6 +305,11 @@ class Session:
         return self._segmenter.frames_seen * self._frame_s
 
     @property
+    def in_utterance(self) -> bool:
+        """Speech started and its utterance is not closed yet (the VAD's view)."""
+        return self._open is not None
+
+    @property
     def backlog(self) -> int:
         """Finals asked for and not yet released: the connection pauses reading at the limit."""
         return len(self._pending)

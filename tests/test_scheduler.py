@@ -64,7 +64,58 @@ def test_partial_batch_waits_until_deadline() -> None:
 def test_interims_can_be_held_back() -> None:
     q: BatchQueue[str, str] = BatchQueue(max_batch=4)
     q.submit(job("a", False, 0.0))
-    assert q.next_batch(1.0, allow_interims=False) == ([], None)
+    assert q.next_batch(1.0, allow_background=False) == ([], None)
+
+
+def bulk(session: str, t: float) -> Job[str, str]:
+    return Job(session, True, f"{session}-{t}", "en", t, lambda _: None, bulk=True)
+
+
+def test_bulk_waits_behind_all_live_work() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1)
+    q.submit(bulk("file", 0.0))
+    q.submit(job("a", False, 0.5))
+    q.submit(Job("b", True, "b-guess", "en", 0.6, lambda _: None, speculative=True))
+    q.submit(job("c", True, 0.7))
+    order = [q.next_batch(1.0)[0][0].request for _ in range(4)]
+    assert order == ["c-0.7", "b-guess", "a-0.5", "file-0.0"]
+
+
+def test_aged_bulk_goes_ahead_of_interims_then_of_everything() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1, bulk_aging_s=2.0, bulk_max_wait_s=30.0)
+    q.submit(bulk("file", 0.0))
+    q.submit(job("a", False, 0.5))
+    q.submit(job("c", True, 0.7))
+    assert q.next_batch(2.5)[0][0].request == "c-0.7", "a live final still comes first"
+    assert q.next_batch(2.5)[0][0].request == "file-0.0", "aged: ahead of the interim"
+    q.submit(bulk("file", 3.0))
+    q.submit(job("d", True, 40.0))
+    assert q.next_batch(40.0)[0][0].request == "file-3.0", "starved: ahead of finals too"
+
+
+def test_bulk_is_background_work_and_shares_no_batch_with_live() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=8)
+    q.submit(bulk("file", 0.0))
+    assert q.next_batch(100.0, allow_background=False) == ([], None), "never on the finals worker"
+    q.submit(job("c", True, 1.0))
+    batch, _ = q.next_batch(100.0)
+    assert [j.request for j in batch] == ["file-0.0"], "starved bulk first, alone"
+    assert q.finals_waiting == 1 and len(q) == 1
+
+
+def test_bulk_can_be_held_back_unless_starved() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1, bulk_aging_s=2.0, bulk_max_wait_s=30.0)
+    q.submit(bulk("file", 0.0))
+    assert q.next_batch(5.0, allow_bulk=False) == ([], None)
+    assert q.next_batch(30.0, allow_bulk=False)[0][0].request == "file-0.0"
+
+
+def test_bulk_requests_are_served_in_submission_order() -> None:
+    q: BatchQueue[str, str] = BatchQueue(max_batch=1)
+    for session, t in (("f1", 0.0), ("f2", 0.1), ("f1", 0.2)):
+        q.submit(bulk(session, t))
+    order = [q.next_batch(0.5)[0][0].request for _ in range(3)]
+    assert order == ["f1-0.0", "f2-0.1", "f1-0.2"]
 
 
 def test_drop_session() -> None:
@@ -72,7 +123,8 @@ def test_drop_session() -> None:
     q.submit(job("a", True, 0.0))
     q.submit(job("a", False, 0.0))
     q.submit(job("b", True, 0.0))
-    assert len(q.drop_session("a")) == 2 and len(q) == 1
+    q.submit(bulk("a", 0.0))
+    assert len(q.drop_session("a")) == 3 and len(q) == 1
 
 
 class GatedEngine:
@@ -192,7 +244,7 @@ def test_promote_and_withdraw() -> None:
     q.submit(other)
     q.withdraw(other)
     assert other.cancelled and len(q) == 1
-    assert q.next_batch(1.0, allow_interims=False)[0] == [guess]
+    assert q.next_batch(1.0, allow_background=False)[0] == [guess]
 
 
 async def test_wait_estimate_counts_batches_as_big_as_they_have_been() -> None:
@@ -209,3 +261,65 @@ async def test_wait_estimate_counts_batches_as_big_as_they_have_been() -> None:
         scheduler.submit(loop, f"s{i}", f"f{i}", final=True, batch_key="en", on_done=print)
     # 8 finals ahead / 2 per batch = 4 batches of 2.0 s over 2 workers.
     assert scheduler.estimated_final_wait_s() == 4.0
+
+
+async def test_bulk_work_leaves_the_finals_worker_free() -> None:
+    engine = GatedEngine()
+    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
+    scheduler.start()
+    loop = asyncio.get_running_loop()
+    results: dict[str, asyncio.Future[object]] = {}
+
+    def submit(session: str, request: str, *, bulk: bool) -> None:
+        fut: asyncio.Future[object] = loop.create_future()
+        results[request] = fut
+        scheduler.submit(
+            loop, session, request, final=True, batch_key="en", on_done=fut.set_result, bulk=bulk
+        )
+
+    try:
+        submit("file", "b1", bulk=True)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        submit("file2", "b2", bulk=True)
+        submit("live", "f1", bulk=False)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        assert engine.calls[1] == ["f1"], "the free worker took the live final, not bulk work"
+        engine.gate("f1").set()
+        assert await asyncio.wait_for(results["f1"], 5) == "F1"
+        assert len(engine.calls) == 2, "b2 waits for the background worker"
+        engine.gate("b1").set()
+        engine.gate("b2").set()
+        assert await asyncio.wait_for(results["b2"], 5) == "B2"
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        scheduler.stop()
+
+
+async def test_bulk_work_waits_while_a_live_final_runs() -> None:
+    engine = GatedEngine()
+    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
+    scheduler.start()
+    loop = asyncio.get_running_loop()
+    results: dict[str, asyncio.Future[object]] = {}
+
+    def submit(session: str, request: str, *, bulk: bool) -> None:
+        fut: asyncio.Future[object] = loop.create_future()
+        results[request] = fut
+        scheduler.submit(
+            loop, session, request, final=True, batch_key="en", on_done=fut.set_result, bulk=bulk
+        )
+
+    try:
+        submit("live", "f1", bulk=False)
+        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
+        submit("file", "b1", bulk=True)
+        assert not await asyncio.to_thread(engine.entered.acquire, True, 0.2), "b1 waits"
+        engine.gate("f1").set()
+        engine.gate("b1").set()
+        assert await asyncio.wait_for(results["b1"], 5) == "B1"
+        assert engine.calls == [["f1"], ["b1"]]
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        scheduler.stop()
