@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from clients.console import LiveConsole
-from clients.formats import OUTPUT_FORMATS, OutputFormat, TranscriptWriter
+from clients.formats import OUTPUT_FORMATS, OutputFormat, TranscriptWriter, text_lines
 from clients.stream import DEFAULT_URL, StreamConfig
 from server.protocol import DecodedMessage, Error, Results
 
@@ -23,7 +23,8 @@ EXIT_INTERRUPTED = 130
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags every client takes: server, key, language, translation, interim, output."""
+    """The flags every client takes: server, key, language, translation, speakers, interim,
+    output."""
     parser.add_argument(
         "--url",
         default=os.environ.get("STREAMSCRIBE_URL", DEFAULT_URL),
@@ -46,6 +47,12 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="English text whatever is spoken (multilingual models only)",
     )
     parser.add_argument(
+        "--diarize",
+        action="store_true",
+        help="label who speaks: captions and transcripts get [Speaker N] (SRT/text) or "
+        "<v Speaker N> (WebVTT); the server needs the speaker encoder",
+    )
+    parser.add_argument(
         "--interim", action="store_true", help="ask for interim results and show them live"
     )
     parser.add_argument(
@@ -66,16 +73,20 @@ def stream_config(args: argparse.Namespace, sample_rate_hz: int = 16_000) -> Str
         token=args.token or None,
         language=args.language or None,
         translate=bool(args.translate),
+        diarize=bool(args.diarize),
         interim_results=bool(args.interim),
         sample_rate_hz=sample_rate_hz,
     )
 
 
 def _tagged(message: Results) -> str:
-    """A final's caption line, after the languages heard when the server named them."""
-    if not message.languages or not message.transcript.strip():
-        return message.transcript
-    return f"[{','.join(message.languages)}] {message.transcript}"
+    """A final's caption lines (one per speaker with diarize), each after the languages heard
+    when the server named them: `[de] [Speaker 1] text`."""
+    lines = text_lines(message)
+    if message.languages:
+        languages = f"[{','.join(message.languages)}]"
+        lines = [f"{languages} {line}" for line in lines]
+    return "\n".join(lines)
 
 
 class CaptionRouter:

@@ -101,6 +101,8 @@ class StreamConfig:
     language: str | None = None
     translate: bool = False
     """Ask for English text whatever is spoken (`task=translate`)."""
+    diarize: bool = False
+    """Ask for speaker labels on the final words (`diarize=true`)."""
     interim_results: bool = False
     sample_rate_hz: int = SAMPLE_RATE_HZ
     channels: int = 1
@@ -146,6 +148,8 @@ def listen_url(config: StreamConfig) -> str:
         params["language"] = config.language
     if config.translate:
         params["task"] = "translate"
+    if config.diarize:
+        params["diarize"] = "true"
     params.update(config.extra_params)
     return urlunsplit((scheme, parts.netloc, path, urlencode(params), ""))
 

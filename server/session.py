@@ -641,16 +641,20 @@ class Session:
                     pending.start_frame, pending.end_frame, final=True
                 )
                 actions.append(Transcribe(pending.ticket, request))
-            if pending.result is None and self._context_on:
-                break
+            if self._context_on and (pending.result is None or self._awaits_speakers(pending)):
+                break  # the next one's context needs this one's words, released
         return actions
+
+    def _awaits_speakers(self, pending: _PendingFinal) -> bool:
+        result = pending.result
+        return bool(self.options.diarize and result and result.words and pending.speakers is None)
 
     def _release_finals(self) -> list[Action]:
         actions: list[Action] = []
         while self._pending and self._pending[0].result is not None:
             head = self._pending[0]
             assert head.result is not None
-            if self.options.diarize and head.result.words and head.speakers is None:
+            if self._awaits_speakers(head):
                 if not head.labelling:
                     head.labelling = True
                     actions.append(self._label(head, head.result))

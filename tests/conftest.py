@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cache.registry import fetch
+from cache.store import default_cache_dir
 from server.app import builtin_model_dir
 from tests.support.paths import AUDIO_DIR
 from tests.support.server import ServerProcess, start_server
@@ -24,6 +26,12 @@ def audio_dir() -> Path:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     return builtin_model_dir()
+
+
+@pytest.fixture(scope="session")
+def speaker_weights() -> Path:
+    """The speaker encoder's weights for diarize=true (`--speaker-model`), through the registry."""
+    return fetch("resemblyzer-encoder", default_cache_dir()) / "pretrained.pt"
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
-"""The live-captioning page in real headless Chromium: fake microphone fed with JFK -> captions."""
+"""The live-captioning page in real headless Chromium: fake microphone fed with JFK -> captions;
+with Speakers ticked, a conversation of two shared speakers -> captions coloured and named by
+speaker."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +20,8 @@ from tests.support.paths import REPO_ROOT
 from tests.support.process import free_port
 from tests.support.random_whisper import TINY_128
 from tests.support.server import ServerProcess
-from tests.test_clients_file import self_signed_cert
+from tests.test_clients_file import self_signed_cert, write_wav
+from tests.test_diarize import conversation
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "artifacts"
@@ -51,8 +57,9 @@ def fake_mic_wav(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
-@pytest.fixture
-def browser(fake_mic_wav: Path) -> Iterator[object]:
+@contextlib.contextmanager
+def chromium_with_microphone(wav: Path) -> Iterator[object]:
+    """Headless Chromium whose fake microphone plays `wav` in a loop."""
     from playwright.sync_api import sync_playwright
 
     # Playwright gives every launch a fresh temporary profile (it refuses --user-data-dir).
@@ -66,7 +73,7 @@ def browser(fake_mic_wav: Path) -> Iterator[object]:
                 "--disable-gpu",
                 "--use-fake-ui-for-media-stream",
                 "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={fake_mic_wav}",
+                f"--use-file-for-fake-audio-capture={wav}",
                 "--autoplay-policy=no-user-gesture-required",
                 "--ignore-certificate-errors",
                 "--disable-background-networking",
@@ -77,6 +84,12 @@ def browser(fake_mic_wav: Path) -> Iterator[object]:
         )
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def browser(fake_mic_wav: Path) -> Iterator[object]:
+    with chromium_with_microphone(fake_mic_wav) as chromium:
+        yield chromium
 
 
 def open_page(
@@ -266,3 +279,197 @@ def test_page_shows_the_language_heard(
         "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
     )
     assert errors == []
+
+
+# ------------------------------------------------------------------------------- speakers
+
+SPEAKER_LINES_JS = """
+() => [...document.querySelectorAll('#transcript li')].map((li) => ({
+    speaker: li.dataset.speaker ?? null,
+    label: li.querySelector('.speaker')?.textContent ?? null,
+    text: li.querySelector('.text').textContent,
+    colour: getComputedStyle(li.querySelector('.text')).color,
+}))
+"""
+
+
+def final_message(start_s: float, words: list[tuple[str, int]]) -> str:
+    """A final as diarize=true sends it: (punctuated word, speaker), a word every 0.4 s."""
+    return json.dumps(
+        {
+            "type": "Results",
+            "start": start_s,
+            "duration": round(0.4 * len(words) + 0.2, 2),
+            "is_final": True,
+            "speech_final": True,
+            "channel": {
+                "alternatives": [
+                    {
+                        "transcript": " ".join(text for text, _ in words),
+                        "confidence": 0.9,
+                        "words": [
+                            {
+                                "word": text.lower(),
+                                "punctuated_word": text,
+                                "start": round(start_s + 0.4 * i, 2),
+                                "end": round(start_s + 0.4 * i + 0.3, 2),
+                                "speaker": speaker,
+                                "speaker_confidence": 0.9,
+                            }
+                            for i, (text, speaker) in enumerate(words)
+                        ],
+                    }
+                ]
+            },
+        }
+    )
+
+
+def said(text: str, speaker: int) -> list[tuple[str, int]]:
+    return [(word, speaker) for word in text.split()]
+
+
+def test_page_splits_colours_and_names_lines_by_speaker(
+    browser: object, server: ServerProcess
+) -> None:
+    """The page against a stand-in for the server's WebSocket (the real page and its static
+    files, the real microphone path): a final whose speaker changes midway becomes two lines,
+    each named and in its speaker's colour, and every export carries the labels."""
+    from playwright.sync_api import Page, WebSocketRoute
+
+    page, errors = open_page(browser, server)
+    assert isinstance(page, Page)
+    urls: list[str] = []
+    finals = [
+        final_message(0.5, said("Did you hear him?", 0) + said("Ask not <what> & more.", 1)),
+        final_message(4.0, said("Yes.", 6)),
+    ]
+
+    def stand_in(ws: WebSocketRoute) -> None:
+        urls.append(ws.url)
+        pending = list(finals)
+
+        def on_message(message: str | bytes) -> None:
+            if isinstance(message, bytes) and pending:
+                ws.send(pending.pop(0))  # one final per audio frame, once audio flows
+            elif isinstance(message, str) and "CloseStream" in message:
+                ws.close(code=1000)
+
+        ws.on_message(on_message)
+
+    page.route_web_socket(re.compile(r".*/v1/listen\?.*"), stand_in)
+    page.check("#diarize")
+    page.click("#start")
+    page.wait_for_function("() => document.querySelectorAll('#transcript li').length >= 3")
+    assert "diarize=true" in urls[0]
+    assert page.locator("#diarize").is_disabled(), "not changed mid-session"
+    lines: list[dict[str, Any]] = page.evaluate(SPEAKER_LINES_JS)
+    assert [(x["speaker"], x["label"], x["text"]) for x in lines] == [
+        ("0", "Speaker 0", "Did you hear him?"),
+        ("1", "Speaker 1", "Ask not <what> & more."),
+        ("6", "Speaker 6", "Yes."),
+    ]
+    assert lines[0]["colour"] != lines[1]["colour"]
+    assert lines[0]["colour"] == lines[2]["colour"], (
+        "six colours, then they cycle; the label differs"
+    )
+    times = page.locator("#transcript li time").all_inner_texts()
+    assert times == ["00:00", "00:02", "00:04"], "the second speaker's line starts at their words"
+    caption = page.locator("#caption-finals .run")
+    assert caption.count() == 3
+    assert page.locator("#caption-finals .speaker").all_inner_texts() == [
+        "Speaker 0",
+        "Speaker 1",
+        "Speaker 6",
+    ]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-speakers.png"), full_page=True)
+
+    exports = {}
+    for kind in ("txt", "srt", "vtt"):
+        with page.expect_download() as download_info:
+            page.click(f"#download-{kind}")
+        exports[kind] = Path(download_info.value.path()).read_text(encoding="utf-8")
+    assert exports["txt"] == (
+        "[Speaker 0] Did you hear him?\n[Speaker 1] Ask not <what> & more.\n[Speaker 6] Yes.\n"
+    )
+    assert "\n[Speaker 1] Ask not <what> & more.\n\n" in exports["srt"]
+    assert "\n<v Speaker 1>Ask not &lt;what&gt; &amp; more.\n\n" in exports["vtt"]
+
+    page.click("#stop")
+    page.wait_for_function("() => document.querySelector('#status').dataset.state === 'stopped'")
+    page.uncheck("#diarize")
+    page.click("#clear")
+    page.click("#start")
+    page.wait_for_function("() => document.querySelectorAll('#transcript li').length >= 2")
+    assert "diarize" not in urls[1]
+    page.click("#stop")
+    page.wait_for_function("() => document.querySelector('#status').dataset.state === 'stopped'")
+    assert errors == []
+
+
+def test_page_says_when_the_server_cannot_label_speakers(
+    browser: object, server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A server without the speaker encoder refuses diarize=true with 400; the page cannot
+    read that answer, so it tries the same stream without speakers and names the cause."""
+    from playwright.sync_api import Page
+
+    bare = server_factory("--cache-dir", str(tmp_path))  # no resemblyzer-encoder there
+    page, _ = open_page(browser, bare)
+    assert isinstance(page, Page)
+    page.check("#diarize")
+    page.click("#start")
+    page.wait_for_function(
+        "() => document.querySelector('#status').dataset.state === 'error'", timeout=60_000
+    )
+    message = page.locator("#message").inner_text()
+    assert "refused diarize" in message and "Speakers" in message, message
+    assert "API key" not in message
+    assert not page.locator("#diarize").is_disabled()
+
+
+@pytest.fixture(scope="module")
+def conversation_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LJ Speech's reader, Kennedy, the reader again, a second of silence on both sides."""
+    pcm, _ = conversation()
+    silence = bytes(32000)
+    return write_wav(
+        tmp_path_factory.mktemp("fake-mic") / "conversation.wav", silence + pcm + silence
+    )
+
+
+def test_page_captions_a_conversation_by_speaker(
+    conversation_wav: Path,
+    server_factory: Callable[..., ServerProcess],
+    speaker_weights: Path,
+) -> None:
+    """The real thing: the speaker encoder on the server, two voices from the microphone."""
+    from playwright.sync_api import Page
+
+    diarizing = server_factory("--speaker-model", str(speaker_weights))
+    with chromium_with_microphone(conversation_wav) as chromium:
+        page, errors = open_page(chromium, diarizing)
+        assert isinstance(page, Page)
+        page.check("#diarize")
+        page.click("#start")
+        page.wait_for_function(
+            """() => new Set([...document.querySelectorAll('#transcript li[data-speaker]')]
+                .map((li) => li.dataset.speaker)).size >= 2""",
+            timeout=CAPTION_TIMEOUT_MS,
+        )
+        lines: list[dict[str, Any]] = page.evaluate(SPEAKER_LINES_JS)
+        assert all(x["label"] == f"Speaker {x['speaker']}" for x in lines), lines
+        colours = {x["speaker"]: x["colour"] for x in lines}
+        assert len(set(colours.values())) == len(colours) >= 2, colours
+        kennedy = next(x for x in lines if "fellow americans" in x["text"].lower())
+        reader = next(x for x in lines if "printing" in x["text"].lower())
+        assert kennedy["speaker"] != reader["speaker"], lines
+        assert page.locator("#caption-finals .speaker").count() >= 2
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-conversation.png"), full_page=True)
+        page.click("#stop")
+        page.wait_for_function(
+            "() => document.querySelector('#status').dataset.state === 'stopped'", timeout=60_000
+        )
+        assert errors == []

@@ -26,6 +26,7 @@ from clients.file import paced
 from tests.support.paths import REPO_ROOT
 from tests.support.process import free_port
 from tests.support.server import ServerProcess
+from tests.test_diarize import conversation
 
 JFK_PHRASE = "what your country can do for you"
 JFK_DURATION_S = 11.0
@@ -320,6 +321,45 @@ def test_wss_with_the_servers_certificate(
     )  # fmt: skip
     assert trusted.returncode == 0, trusted.stderr
     assert "greasy wash water" in normalise(trusted.stdout)
+
+
+def write_wav(path: Path, pcm: bytes) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16_000)
+        out.writeframes(pcm)
+    return path
+
+
+@pytest.mark.integration
+def test_diarize_labels_two_speakers_in_srt(
+    server_factory: Callable[..., ServerProcess], speaker_weights: Path, tmp_path: Path
+) -> None:
+    """LJ Speech's reader, Kennedy, the reader again: every cue names its speaker, Kennedy's
+    cues one speaker and the reader's cues another."""
+    server = server_factory("--speaker-model", str(speaker_weights))
+    pcm, turns = conversation()
+    wav = write_wav(tmp_path / "conversation.wav", pcm)
+    out = tmp_path / "conversation.srt"
+    done = run_client(str(wav), "--url", server.ws_url, "--speed", "0", "--diarize",
+                      "--format", "srt", "--output", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    srt = out.read_text(encoding="utf-8")
+    cues = parse_cues(srt)
+    assert cues and all(re.match(r"\[Speaker \d+\] \S", cue.text) for cue in cues), srt
+    heard: dict[str, list[str]] = {"lj": [], "jfk": []}
+    for cue in cues:
+        middle_s = (cue.start_s + cue.end_s) / 2
+        nearest = min(turns, key=lambda turn: max(turn[0] - middle_s, middle_s - turn[1], 0))
+        heard[nearest[2]].append(cue.text.split("]")[0] + "]")
+    (reader,) = set(heard["lj"])
+    (kennedy,) = set(heard["jfk"])
+    assert reader != kennedy, srt
+    said = normalise(" ".join(c.text.split("] ", 1)[1] for c in cues))
+    assert said.count(JFK_PHRASE) == 1, "each turn written once (no final repeats the last)"
+    captions = [line for line in done.stdout.splitlines() if line.strip()]
+    assert captions and all(line.startswith(("[Speaker 0] ", "[Speaker 1] ")) for line in captions)
 
 
 def test_unreadable_input_and_unreachable_server(tmp_path: Path, audio_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""Pure tests of the client output formats: SRT/VTT timestamps, cue splitting, the writer."""
+"""Pure tests of the client output formats: SRT/VTT timestamps, cue splitting, speaker labels,
+the writer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from clients.formats import (
     Cue,
     TranscriptWriter,
     cues_from_final,
+    speaker_runs,
     srt_timestamp,
+    text_lines,
     to_srt,
     to_vtt,
     vtt_timestamp,
@@ -40,7 +43,9 @@ def final(start_s: float, duration_s: float, text: str, words: tuple[Word, ...] 
     )
 
 
-def timed_words(text: str, start_s: float, step_s: float) -> tuple[Word, ...]:
+def timed_words(
+    text: str, start_s: float, step_s: float, speakers: list[int] | None = None
+) -> tuple[Word, ...]:
     return tuple(
         Word(
             word=w.strip(",.").lower(),
@@ -48,9 +53,17 @@ def timed_words(text: str, start_s: float, step_s: float) -> tuple[Word, ...]:
             start_s=start_s + i * step_s,
             end_s=start_s + (i + 1) * step_s,
             confidence=0.9,
+            speaker=None if speakers is None else speakers[i],
+            speaker_confidence=None if speakers is None else 0.8,
         )
         for i, w in enumerate(text.split())
     )
+
+
+def spoken(text: str, start_s: float, speakers: list[int] | None, step_s: float = 0.5) -> Results:
+    """A final of `text` spoken a word every `step_s`, each word with its speaker."""
+    words = timed_words(text, start_s + 0.1, step_s, speakers)
+    return final(start_s, step_s * len(words) + 0.2, text, words)
 
 
 def test_timestamps() -> None:
@@ -168,3 +181,105 @@ def test_writer_formats() -> None:
     json_lines = written("json").splitlines()
     assert [json.loads(line)["type"] for line in json_lines] == ["Results", "Metadata"]
     assert len(written("json", interim=True).splitlines()) == 3
+
+
+# ------------------------------------------------------------------------------- speakers
+
+TURNS = "Did you hear him? Ask not what your country can do for you. I did."
+TURN_SPEAKERS = [0] * 4 + [1] * 9 + [0] * 2
+
+
+def test_speaker_runs_are_consecutive_words_of_one_speaker() -> None:
+    runs = speaker_runs(timed_words(TURNS, 0.0, 0.5, TURN_SPEAKERS))
+    assert [(run[0].speaker, len(run)) for run in runs] == [(0, 4), (1, 9), (0, 2)]
+    assert len(speaker_runs(timed_words(TURNS, 0.0, 0.5))) == 1
+
+
+def test_text_writes_one_labelled_line_per_speaker_run() -> None:
+    result = spoken(TURNS, 3.0, TURN_SPEAKERS)
+    assert text_lines(result) == [
+        "[Speaker 0] Did you hear him?",
+        "[Speaker 1] Ask not what your country can do for you.",
+        "[Speaker 0] I did.",
+    ]
+    writer = TranscriptWriter("text")
+    assert writer.on_message(result, "") == "".join(line + "\n" for line in text_lines(result))
+    one = spoken("Hello there.", 0.0, [2, 2])
+    assert text_lines(one) == ["[Speaker 2] Hello there."]
+
+
+def test_cues_are_cut_where_the_speaker_changes() -> None:
+    result = spoken(TURNS, 3.0, TURN_SPEAKERS)
+    cues = cues_from_final(result)
+    assert [(c.speaker, c.text) for c in cues] == [
+        (0, "Did you hear him?"),
+        (1, "Ask not what your country can do for you."),
+        (0, "I did."),
+    ]
+    # the final's span, tiled at the first word of each turn
+    assert [(c.start_s, c.end_s) for c in cues] == [(3.0, 5.1), (5.1, 9.6), (9.6, 10.7)]
+
+
+def test_srt_and_vtt_label_each_cue() -> None:
+    cues = cues_from_final(spoken("Yes. <b>No</b> & maybe", 0.0, [0, 1, 1, 1]))
+    assert to_srt(cues) == (
+        "1\n00:00:00,000 --> 00:00:00,600\n[Speaker 0] Yes.\n\n"
+        "2\n00:00:00,600 --> 00:00:02,200\n[Speaker 1] <b>No</b> & maybe\n\n"
+    )
+    assert to_vtt(cues) == (
+        "WEBVTT\n\n"
+        "00:00:00.000 --> 00:00:00.600\n<v Speaker 0>Yes.\n\n"
+        "00:00:00.600 --> 00:00:02.200\n<v Speaker 1>&lt;b&gt;No&lt;/b&gt; &amp; maybe\n\n"
+    )
+
+
+def test_the_srt_tag_counts_in_the_line_length() -> None:
+    text = "and so my fellow Americans ask not what your country can do for you, ask what"
+    assert len(to_srt([Cue(0.0, 4.0, text)]).split("\n")[2:-2]) == 2, "two lines untagged"
+    cues = cues_from_final(spoken(text, 0.0, [0] * len(text.split())))
+    assert len(cues) == 2, "with '[Speaker 0] ' in front it needs three lines: two cues"
+    for block in to_srt(cues).strip().split("\n\n"):
+        lines = block.split("\n")[2:]
+        assert lines[0].startswith("[Speaker 0] ") and len(lines) <= MAX_CUE_LINES, block
+        assert all(len(line) <= MAX_LINE_CHARS for line in lines), block
+    vtt = to_vtt(cues)
+    assert vtt.count("<v Speaker 0>") == 2 and "[Speaker" not in vtt
+
+
+def test_a_word_too_long_for_the_tag_line_starts_the_next_line() -> None:
+    long_word = "x" * 35
+    cues = cues_from_final(spoken(f"{long_word} a b c", 0.0, [1, 1, 1, 1]), max_lines=2)
+    srt = to_srt(cues)
+    assert srt.split("\n")[2:4] == ["[Speaker 1]", f"{long_word} a b c"]
+    assert len(cues) == 1
+
+
+def test_without_speakers_the_outputs_do_not_change() -> None:
+    result = spoken(TURNS, 3.0, None)
+    (cue,) = cues_from_final(result)
+    assert cue == Cue(3.0, 10.7, TURNS)
+    assert text_lines(result) == [TURNS]
+    assert "Speaker" not in to_srt([cue]) + to_vtt([cue])
+
+
+@given(
+    words=st.lists(st.text(alphabet="abc<&", min_size=1, max_size=45), min_size=1, max_size=60),
+    speakers=st.lists(st.sampled_from([0, 0, 1, 1, 12]), min_size=60, max_size=60),
+)
+def test_cues_never_mix_speakers_and_fit_their_lines(words: list[str], speakers: list[int]) -> None:
+    text = " ".join(words)
+    result = spoken(text, 1.0, speakers[: len(words)])
+    cues = cues_from_final(result)
+    assert " ".join(cue.text for cue in cues) == text
+    expected = [w.speaker for w in result.words]
+    at = 0
+    for cue in cues:
+        count = len(cue.text.split())
+        assert set(expected[at : at + count]) == {cue.speaker}, "one speaker a cue"
+        at += count
+        lines = to_srt([cue]).split("\n")[2:-2]
+        assert lines[0].startswith(f"[Speaker {cue.speaker}]")
+        assert len(lines) <= MAX_CUE_LINES, lines
+        assert all(len(line) <= MAX_LINE_CHARS or " " not in line for line in lines), lines
+    for before, after in itertools.pairwise(cues):
+        assert before.end_s == after.start_s

@@ -63,6 +63,31 @@ def test_captions_name_the_languages_heard() -> None:
     assert stdout.getvalue() == "[de] Hallo.\nHello.\n"
 
 
+def test_listen_url_asks_for_speakers() -> None:
+    assert query(listen_url(StreamConfig(url="ws://h:1", diarize=True)))["diarize"] == ["true"]
+    assert "diarize" not in query(listen_url(StreamConfig(url="ws://h:1")))
+
+
+def test_captions_name_the_speakers_after_the_languages() -> None:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    router = CaptionRouter("text", show_interim=False, output=None, stdout=stdout, stderr=stderr)
+    words = ",".join(
+        f'{{"word":"{w.lower()}","punctuated_word":"{w}","start":{i},"speaker":{who}}}'
+        for i, (w, who) in enumerate([("Hallo.", 1), ("Ja,", 0), ("hallo.", 0)])
+    )
+    raws = (
+        '{"type":"Results","is_final":true,"channel":{"alternatives":'
+        f'[{{"transcript":"Hallo. Ja, hallo.","languages":["de"],"words":[{words}]}}]}}}}',
+        '{"type":"Results","is_final":true,"channel":{"alternatives":'
+        '[{"transcript":"Yes.","words":[{"word":"yes","start":5,"speaker":1}]}]}}',
+    )
+    for raw in raws:
+        router.handle(from_json(raw), raw)
+    assert stdout.getvalue() == (
+        "[de] [Speaker 1] Hallo.\n[de] [Speaker 0] Ja, hallo.\n[Speaker 1] Yes.\n"
+    )
+
+
 @pytest.mark.parametrize("bad", ["127.0.0.1:8000", "ftp://host", "ws://"])
 def test_listen_url_rejects_unusable_addresses(bad: str) -> None:
     with pytest.raises(BadUrl, match="--url"):

@@ -17,8 +17,6 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from cache.registry import fetch
-from cache.store import default_cache_dir
 from server.protocol import ModelInfo, Results, StreamOptions, to_json
 from server.session import Label, Send, Session, SessionConfig, Transcribe
 from server.transcription import AsrResult, AsrWord
@@ -80,6 +78,22 @@ def test_a_final_waits_for_its_speakers_and_carries_them() -> None:
     assert [w["speaker"] for w in words] == [0, 0, 1]
 
 
+def test_the_next_final_waits_for_the_speakers_of_the_one_before() -> None:
+    """Its context is the released words before it: asked for while the one before was still
+    being labelled, it would hear that audio without its words and write them again."""
+    s = session(diarize=True)
+    utterance = np.concatenate([speech()[: 16000 * 3], np.zeros(16000, np.float32)])
+    asked = [a for a in s.feed_samples(np.concatenate([utterance, utterance]))]
+    (first,) = [a for a in asked if isinstance(a, Transcribe)]
+    actions = s.on_result(first.ticket, RESULT)
+    (label,) = [a for a in actions if isinstance(a, Label)]
+    assert not [a for a in actions if isinstance(a, Transcribe)], "not before the labels"
+    actions = s.on_speakers(label.ticket, [(0, 0.9), (0, 0.8), (1, 0.6)])
+    assert [a for a in actions if isinstance(a, Send)]
+    (second,) = [a for a in actions if isinstance(a, Transcribe)]
+    assert second.ticket != first.ticket
+
+
 def test_without_diarize_nothing_changes() -> None:
     s = session(diarize=False)
     final = first_final(s)
@@ -92,11 +106,6 @@ def test_without_diarize_nothing_changes() -> None:
 
 
 # ---------------------------------------------------------------------------- real server
-
-
-@pytest.fixture(scope="module")
-def speaker_weights() -> Path:
-    return fetch("resemblyzer-encoder", default_cache_dir()) / "pretrained.pt"
 
 
 def conversation() -> tuple[bytes, list[tuple[float, float, str]]]:

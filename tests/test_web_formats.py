@@ -1,5 +1,6 @@
-"""The web page's SRT/WebVTT export (clients/web/formats.js, run in Node) against
-clients/formats.py: the same final messages must give the same documents, byte for byte."""
+"""The web page's text/SRT/WebVTT export (clients/web/formats.js, run in Node) against
+clients/formats.py: the same final messages, with speakers or without, must give the same
+documents, byte for byte."""
 
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.formats import cues_from_final, to_srt, to_vtt
+from clients.formats import TranscriptWriter, cues_from_final, to_srt, to_vtt
 from server.protocol import Results, from_json
 from tests.support.paths import REPO_ROOT
 
 NODE = shutil.which("node")
 FORMATS_JS = REPO_ROOT / "clients" / "web" / "formats.js"
-# Reads final messages (JSON) on stdin, prints {"srt", "vtt"} as the page would export them.
+# Reads final messages (JSON) on stdin, prints {"text", "srt", "vtt"} as the page would export
+# them.
 EXPORT_JS = f"""
-import {{ finalOf, toSrt, toVtt }} from {json.dumps(FORMATS_JS.as_uri())};
+import {{ finalOf, toSrt, toText, toVtt }} from {json.dumps(FORMATS_JS.as_uri())};
 let input = "";
 for await (const chunk of process.stdin) input += chunk;
 const finals = JSON.parse(input).map((message) => finalOf(message)).filter(Boolean);
-process.stdout.write(JSON.stringify({{ srt: toSrt(finals), vtt: toVtt(finals) }}));
+const exports = {{ text: toText(finals), srt: toSrt(finals), vtt: toVtt(finals) }};
+process.stdout.write(JSON.stringify(exports));
 """
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="needs Node.js to run the page's module")
@@ -47,11 +50,19 @@ def page_exports(messages: list[dict[str, Any]]) -> dict[str, str]:
 def python_exports(messages: list[dict[str, Any]]) -> dict[str, str]:
     finals = [from_json(json.dumps(m)) for m in messages]
     cues = [cue for f in finals if isinstance(f, Results) for cue in cues_from_final(f)]
-    return {"srt": to_srt(cues), "vtt": to_vtt(cues)}
+    writer = TranscriptWriter("text")
+    text = "".join(writer.on_message(f, "") for f in finals)
+    return {"text": text, "srt": to_srt(cues), "vtt": to_vtt(cues)}
 
 
-def message(start_s: float, words: list[tuple[str, float]], end_s: float) -> dict[str, Any]:
-    """A final Results message as the server sends it; words are (punctuated, start_s)."""
+def message(
+    start_s: float,
+    words: list[tuple[str, float]],
+    end_s: float,
+    speakers: list[int] | None = None,
+) -> dict[str, Any]:
+    """A final Results message as the server sends it; words are (punctuated, start_s), with
+    `speakers` (one a word) as diarize=true sends them."""
     return {
         "type": "Results",
         "start": start_s,
@@ -65,7 +76,12 @@ def message(start_s: float, words: list[tuple[str, float]], end_s: float) -> dic
                     "confidence": 0.9,
                     "words": [
                         {"word": text.lower(), "punctuated_word": text, "start": at_s}
-                        for text, at_s in words
+                        | (
+                            {}
+                            if speakers is None
+                            else {"speaker": speakers[i], "speaker_confidence": 0.8}
+                        )
+                        for i, (text, at_s) in enumerate(words)
                     ],
                 }
             ]
@@ -73,9 +89,11 @@ def message(start_s: float, words: list[tuple[str, float]], end_s: float) -> dic
     }
 
 
-def spoken(text: str, start_s: float, step_s: float = 0.3) -> dict[str, Any]:
+def spoken(
+    text: str, start_s: float, step_s: float = 0.3, speakers: list[int] | None = None
+) -> dict[str, Any]:
     timed = [(word, round(start_s + i * step_s, 2)) for i, word in enumerate(text.split())]
-    return message(start_s, timed, round(start_s + len(timed) * step_s, 2))
+    return message(start_s, timed, round(start_s + len(timed) * step_s, 2), speakers)
 
 
 LONG = (
@@ -104,7 +122,31 @@ def test_vtt_export_escapes_cue_text() -> None:
     assert exports["vtt"].count("-->") == 1
 
 
+def test_speakers_label_lines_and_cues() -> None:
+    turn = "Ask not what your country can do for you. Yes, sir. " + LONG
+    words = turn.split()
+    speakers = [0] * 9 + [1] * 2 + [0] * (len(words) - 11)
+    messages = [spoken("Hello there.", 0.5, speakers=[1, 1]), spoken(turn, 2.0, speakers=speakers)]
+    exports = page_exports(messages)
+    assert exports == python_exports(messages)
+    assert exports["text"].splitlines()[:3] == [
+        "[Speaker 1] Hello there.",
+        "[Speaker 0] Ask not what your country can do for you.",
+        "[Speaker 1] Yes, sir.",
+    ]
+    assert "\n<v Speaker 1>Yes, sir.\n\n" in exports["vtt"]
+    assert "\n[Speaker 1] Yes, sir.\n\n" in exports["srt"]
+    for block in exports["srt"].strip().split("\n\n"):
+        lines = block.split("\n")[2:]
+        assert lines[0].startswith(("[Speaker 0] ", "[Speaker 1] ")), block
+        assert 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines), block
+
+
 _WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz<>&-',.", min_size=1, max_size=14)
+# Now and then a word too long to share a line with a speaker tag (or to fit a line at all).
+_ANY_WORD = _WORD | _WORD | _WORD | st.text(alphabet="abc<&", min_size=29, max_size=50)
+# Mostly long turns of two speakers, sometimes a two-digit one (a longer tag).
+_SPEAKER = st.sampled_from([0, 0, 0, 0, 1, 1, 1, 10])
 
 
 @st.composite
@@ -112,11 +154,12 @@ def finals(draw: st.DrawFn) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     start_s = 0.0
     for _ in range(draw(st.integers(1, 4))):
-        words = draw(st.lists(_WORD, min_size=1, max_size=40))
+        words = draw(st.lists(_ANY_WORD, min_size=1, max_size=40))
         steps = draw(st.lists(st.integers(0, 90), min_size=len(words), max_size=len(words)))
         times = [round(start_s + sum(steps[: i + 1]) / 100, 2) for i in range(len(words))]
         end_s = round(times[-1] + 0.3, 2)
-        out.append(message(start_s, list(zip(words, times, strict=True)), end_s))
+        speakers = draw(st.none() | st.lists(_SPEAKER, min_size=len(words), max_size=len(words)))
+        out.append(message(start_s, list(zip(words, times, strict=True)), end_s, speakers))
         start_s = end_s
     return out
 

@@ -2,7 +2,7 @@
 // (/v1/listen, PROTOCOL.md) -> captions. All URLs are relative to the page, so it works
 // behind TLS and path-prefix proxies.
 
-import { finalOf, toSrt, toVtt } from "./formats.js";
+import { finalOf, linesOf, speakerName, toSrt, toText, toVtt } from "./formats.js";
 
 const TARGET_RATE_HZ = 16000;
 const FRAME_MS = 100;
@@ -12,6 +12,7 @@ const BACKOFF_MAX_MS = 15000;
 const STABLE_CONNECTION_MS = 10000; // the backoff starts over only after a connection lasted this
 const FINISH_TIMEOUT_MS = 30000;
 const CAPTION_FINALS_SHOWN = 6;
+const SPEAKER_COLOURS = 6; // .speaker-0 ... .speaker-5 in style.css, cycling by speaker number
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -22,6 +23,7 @@ const ui = {
   apiKey: $("api-key"),
   language: $("language"),
   languageField: $("language-field"),
+  diarize: $("diarize"),
   status: $("status"),
   latency: $("latency"),
   level: $("level"),
@@ -202,6 +204,7 @@ function connect() {
     interim_results: "true",
   };
   if (!ui.languageField.hidden && ui.language.value) params.language = ui.language.value;
+  if (ui.diarize.checked) params.diarize = "true";
   const key = ui.apiKey.value.trim();
   const url = wsUrl("v1/listen", params);
   setStatus(session.everOpened ? "reconnecting" : "connecting", session.everOpened ? "reconnecting…" : "connecting…");
@@ -308,7 +311,7 @@ function onClose(ws, event, opened) {
   }
   if (!session.running) return;
   if (!opened && !session.everOpened) {
-    explainRefusal();
+    explainRefusal(ws.url);
     return;
   }
   if (event.code === 1007 || event.code === 1009) {
@@ -318,15 +321,49 @@ function onClose(ws, event, opened) {
   scheduleReconnect(event);
 }
 
-async function explainRefusal() {
+// A browser does not see why an upgrade was refused (the 400/401 body), so ask around: is the
+// server up, and with speakers asked for, does it take the same stream without diarize?
+async function explainRefusal(url) {
   let detail = "the server is unreachable";
   try {
     const response = await fetch("healthz", { cache: "no-store" });
-    if (response.ok) detail = "the server is up but refused the stream: check the API key";
+    if (response.ok) {
+      detail = "the server is up but refused the stream: check the API key";
+      const withoutSpeakers = new URL(url);
+      if (withoutSpeakers.searchParams.get("diarize") === "true") {
+        withoutSpeakers.searchParams.delete("diarize");
+        if (await opens(withoutSpeakers.toString(), ui.apiKey.value.trim())) {
+          detail =
+            "the server refused diarize (speaker labels): it has no speaker encoder " +
+            "(python -m cache fetch resemblyzer-encoder, or --speaker-model); untick Speakers";
+        }
+      }
+    }
   } catch {
     // keep "unreachable"
   }
   fail(`Could not connect: ${detail}.`);
+}
+
+// Whether a WebSocket to url opens (closed again at once, before any audio).
+function opens(url, key) {
+  return new Promise((resolve) => {
+    const probe = key ? new WebSocket(url, ["token", key]) : new WebSocket(url);
+    const timer = setTimeout(() => {
+      probe.close();
+      resolve(false);
+    }, 10000);
+    probe.onopen = () => {
+      clearTimeout(timer);
+      probe.send(JSON.stringify({ type: "CloseStream" }));
+      probe.close();
+      resolve(true);
+    };
+    probe.onclose = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+  });
 }
 
 function scheduleReconnect(event) {
@@ -378,6 +415,7 @@ function setButtons(running) {
   ui.mic.disabled = running;
   ui.apiKey.disabled = running;
   ui.language.disabled = running;
+  ui.diarize.disabled = running;
 }
 
 async function start() {
@@ -419,26 +457,68 @@ function stop() {
 
 // ---------- transcript ----------
 
+// The label naming a line's speaker, coloured like the line: never colour alone.
+function speakerBadge(speaker) {
+  const badge = document.createElement("span");
+  badge.className = "speaker";
+  badge.textContent = speakerName(speaker);
+  return badge;
+}
+
+function markSpeaker(element, speaker) {
+  if (speaker === null) return;
+  element.dataset.speaker = String(speaker);
+  element.classList.add(`speaker-${speaker % SPEAKER_COLOURS}`);
+}
+
+// The big caption: the newest finals; with speakers each turn on a line of its own, named and
+// in its speaker's colour.
+function renderCaption() {
+  const lines = finals.slice(-CAPTION_FINALS_SHOWN).flatMap((f) => linesOf(f));
+  if (lines.every((line) => line.speaker === null)) {
+    ui.captionFinals.textContent = lines.map((line) => line.text).join(" ");
+    return;
+  }
+  const parts = [];
+  let previous = null;
+  for (const line of lines) {
+    const turn = line.speaker !== null && line.speaker !== previous;
+    if (parts.length) parts.push(turn ? document.createElement("br") : " ");
+    const run = document.createElement("span");
+    run.className = "run";
+    markSpeaker(run, line.speaker);
+    if (turn) run.append(speakerBadge(line.speaker));
+    run.append(line.text);
+    parts.push(run);
+    previous = line.speaker;
+  }
+  ui.captionFinals.replaceChildren(...parts);
+}
+
 function addFinal(final, languages) {
   finals.push(final);
-  const shown = finals.slice(-CAPTION_FINALS_SHOWN).map((f) => f.text);
-  ui.captionFinals.textContent = shown.join(" ");
-  const item = document.createElement("li");
-  const time = document.createElement("time");
-  time.dateTime = `PT${final.startS.toFixed(2)}S`;
-  time.textContent = shortClock(final.startS);
-  const text = document.createElement("span");
-  text.textContent = final.text;
-  item.append(time);
-  if (languages.length) item.append(languageBadge(languages));
-  item.append(text);
+  renderCaption();
   const atBottom = ui.transcript.scrollHeight - ui.transcript.scrollTop - ui.transcript.clientHeight < 40;
-  ui.transcript.append(item);
+  for (const line of linesOf(final)) {
+    const item = document.createElement("li");
+    markSpeaker(item, line.speaker);
+    const time = document.createElement("time");
+    time.dateTime = `PT${line.startS.toFixed(2)}S`;
+    time.textContent = shortClock(line.startS);
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = line.text;
+    item.append(time);
+    if (languages.length) item.append(languageBadge(languages));
+    if (line.speaker !== null) item.append(speakerBadge(line.speaker));
+    item.append(text);
+    ui.transcript.append(item);
+  }
   if (atBottom) ui.transcript.scrollTop = ui.transcript.scrollHeight;
 }
 
 function transcriptText() {
-  return finals.map((f) => f.text).join("\n") + (finals.length ? "\n" : "");
+  return toText(finals);
 }
 
 function download(name, type, text) {
