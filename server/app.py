@@ -181,9 +181,7 @@ def load_engine(settings: EngineSettings, model_dir: Path, name: str) -> Whisper
     )
 
 
-def scheduler_for(
-    runtime: Runtime, engine: WhisperEngine, settings: BatchSettings
-) -> Scheduler:  # type: ignore[type-arg]
+def scheduler_for(runtime: Runtime, engine: WhisperEngine, settings: BatchSettings) -> Scheduler:  # type: ignore[type-arg]
     return Scheduler(
         engine,
         workers=settings.workers,

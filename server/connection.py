@@ -23,7 +23,6 @@ from websockets.frames import CloseCode
 from server.audio import AudioDecodeError, StreamDecoder, decoder_for
 from server.dispatch import Dispatcher
 from server.limits import RateLimiter, Refusal, admission
-from server.outbox import Outbox
 from server.protocol import (
     CloseStream,
     Error,
@@ -40,7 +39,6 @@ from server.runtime import Phase, Runtime, model_info
 from server.session import (
     Action,
     Cancel,
-    Close,
     Label,
     Promote,
     Send,
@@ -50,10 +48,9 @@ from server.session import (
 )
 from server.transcription import AsrResult
 from server.websocket import Disconnected, WebSocket
+from server.wire import Wire
 
 log = logging.getLogger(__name__)
-
-_CLOSE_WAIT_S = 5.0
 
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
@@ -80,15 +77,8 @@ class Connection:
         self.ws = ws
         self.request_id = str(uuid.uuid4())
         self.log = SessionLog(log, {"request_id": self.request_id})
-        self._loop = asyncio.get_running_loop()
         limits = runtime.settings.limits
-        self._outbox: Outbox[Close] = Outbox(max_finals=limits.max_outgoing_finals)
-        self._out_ready = asyncio.Event()
-        self._backlog_ok = asyncio.Event()
-        self._backlog_ok.set()
-        self._closed = asyncio.Event()
-        self._close_code: int | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self.wire = Wire(ws, limits.max_outgoing_finals)
         self._dispatcher: Dispatcher | None = None
         self._control = RateLimiter.per_second(limits.max_control_per_s, time.monotonic())
         self.session: Session | None = None
@@ -138,7 +128,7 @@ class Connection:
             rt.metrics.refused_total.labels(refusal.code.lower()).inc()
             self.log.info("refused: %s", refusal.code)
             self._apply(self.session.fail(refusal.code, refusal.message, refusal.close_code))
-            await asyncio.gather(self._send_loop(), self._discard_incoming())
+            await asyncio.gather(self.wire.send_loop(), self.wire.discard_incoming())
             return
         self._dispatcher = Dispatcher(
             rt, self.request_id, self._on_result, on_labels=self._on_labels
@@ -153,11 +143,11 @@ class Connection:
             options.channels,
             options.interim_results,
         )
-        sender = asyncio.create_task(self._send_loop())
-        watcher = asyncio.create_task(self._watch_connection())
+        sender = asyncio.create_task(self.wire.send_loop())
+        watcher = asyncio.create_task(self.wire.watch())
         client_gone = False
         try:
-            client_gone = await self._read_loop(started) or await self._discard_incoming()
+            client_gone = await self._read_loop(started) or await self.wire.discard_incoming()
         except Exception:
             self.log.exception("session failed")
             self._apply(
@@ -168,16 +158,11 @@ class Connection:
                 )
             )
         finally:
-            if client_gone and self._close_code is None:
+            if client_gone and self.wire.close_code is None:
                 # The client went away: nobody is waiting for its results.
                 self.session.client_gone()
-                self._closed.set()
-                self._out_ready.set()
-            with contextlib.suppress(Exception):
-                await sender
-            if self._closer is not None:
-                with contextlib.suppress(Exception):
-                    await self._closer
+                self.wire.stop()
+            await self.wire.finish(sender)
             watcher.cancel()
             self.decoder.close()
             self._dispatcher.cancel_all()
@@ -190,7 +175,7 @@ class Connection:
         assert self.session is not None
         # The code this end sent (the WebSocket layer itself sends 1009 for an oversized
         # frame and may drop the TCP connection before the echo arrives), else the peer's.
-        code = self._close_code or self.ws.close_sent or self.ws.close_code or 1006
+        code = self.wire.ended_with
         self.runtime.metrics.closes_total.labels(str(code)).inc()
         counters = self.session.counters
         self.log.info(
@@ -222,7 +207,7 @@ class Connection:
         with contextlib.suppress(Disconnected):
             await self.ws.send_text(to_json(Error(code, message)))
             await self.ws.send_text(to_json(metadata))
-        await self._close(close_code, code)
+        await self.wire.close(close_code, code)
 
     def _admission(self) -> Refusal | None:
         rt = self.runtime
@@ -242,10 +227,10 @@ class Connection:
         assert self.session is not None
         limits = self.runtime.settings.limits
         session_deadline = started + limits.max_session_s
-        while self.session.open and not self._closed.is_set():
+        while self.session.open and not self.wire.closed.is_set():
             if self.session.backlog_full:
-                self._backlog_ok.clear()
-                await self._backlog_ok.wait()
+                self.wire.backlog_ok.clear()
+                await self.wire.backlog_ok.wait()
                 continue
             now = time.monotonic()
             if now >= session_deadline:
@@ -270,7 +255,7 @@ class Connection:
                 )
                 return False
             except Disconnected:
-                return self._close_code is None
+                return self.wire.close_code is None
             if isinstance(frame, bytes):
                 await self._on_audio(frame)
             else:
@@ -279,30 +264,6 @@ class Connection:
             # that this session's sender and the other sessions get their turn.
             await asyncio.sleep(0)
         return False
-
-    async def _watch_connection(self) -> None:
-        """The connection closed under us (client gone, keepalive timeout): stop waiting.
-
-        A reader paused on a full backlog would otherwise notice only when the queued
-        finals of a client that is no longer there have been transcribed.
-        """
-        await self.ws.wait_gone()
-        self._closed.set()
-        self._backlog_ok.set()
-        self._out_ready.set()
-
-    async def _discard_incoming(self) -> bool:
-        """Read and drop frames until the connection closes; True when the client closed it.
-
-        Frames left unread would stop the server reading the socket, and a client still
-        sending would never have its close frame seen: our close would wait for the
-        timeout and abort.
-        """
-        while True:
-            try:
-                await self.ws.receive()
-            except Disconnected:
-                return self._close_code is None
 
     async def _on_audio(self, data: bytes) -> None:
         assert self.session is not None and self.decoder is not None
@@ -371,10 +332,9 @@ class Connection:
                 assert self._dispatcher is not None
                 self._dispatcher.label(action)
             else:
-                self._outbox.push_close(action)
-                self._out_ready.set()
+                self.wire.queue_close(action)
         if not self.session.backlog_full:
-            self._backlog_ok.set()
+            self.wire.backlog_ok.set()
 
     def _on_labels(self, ticket: int, outcome: Sequence[SpeakerLabel] | BaseException) -> None:
         assert self.session is not None
@@ -405,56 +365,25 @@ class Connection:
         if isinstance(message, Error):
             metrics.errors_total.labels(message.code).inc()
         if isinstance(message, Metadata):
-            self._outbox.push_unbounded(to_json(message))
-            self._out_ready.set()
+            self.wire.outbox.push_unbounded(to_json(message))
+            self.wire.wake()
             return
         interim = isinstance(message, Results) and not message.is_final
-        verdict = self._outbox.push(to_json(message), interim=interim)
+        verdict = self.wire.outbox.push(to_json(message), interim=interim)
         if verdict == "dropped":
             metrics.interims_dropped.inc()
         elif verdict == "overflow":
             self._slow_client()
-        self._out_ready.set()
+        self.wire.wake()
 
     def _slow_client(self) -> None:
         """The client leaves its results unread: drop them and close the session."""
         assert self.session is not None
         self.log.warning("client is not reading; closing")
-        self._outbox.clear()
+        self.wire.outbox.clear()
         self.session.client_gone()
         # The sender may be stuck in send() on a full socket: close from here, so that
         # _close's timeout aborts the transport and so unblocks the sender.
-        self._closer = self._loop.create_task(
-            self._close(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT")
-        )
+        self.wire.close_soon(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT")
 
     # ------------------------------------------------------------------ writing
-
-    async def _send_loop(self) -> None:
-        while True:
-            await self._out_ready.wait()
-            self._out_ready.clear()
-            while (item := self._outbox.pop()) is not None:
-                if item.close is not None:
-                    await self._close(item.close.code, item.close.reason)
-                    return
-                assert item.text is not None
-                try:
-                    await self.ws.send_text(item.text)
-                except Disconnected:
-                    self._closed.set()
-                    return
-            if self._closed.is_set():
-                return
-
-    async def _close(self, code: int, reason: str) -> None:
-        self._close_code = code
-        self._closed.set()
-        self._backlog_ok.set()
-        self._out_ready.set()
-        try:
-            async with asyncio.timeout(_CLOSE_WAIT_S):
-                await self.ws.close(code, reason)
-                await self.ws.wait_gone()
-        except TimeoutError:
-            self.ws.abort()

@@ -25,17 +25,15 @@ from websockets.frames import CloseCode
 from server.connection import SessionLog
 from server.dispatch import Dispatcher
 from server.limits import admission
-from server.outbox import Outbox
 from server.protocol import ErrorCode, query_of
 from server.realtime_session import Emit, RealtimeAction, RealtimeSession, new_id
 from server.runtime import Phase, Runtime
 from server.session import Cancel, Close, Promote, Transcribe
 from server.transcription import AsrResult
 from server.websocket import Disconnected, WebSocket
+from server.wire import Wire
 
 log = logging.getLogger(__name__)
-
-_CLOSE_WAIT_S = 5.0
 
 
 async def serve_realtime(runtime: Runtime, ws: WebSocket) -> None:
@@ -57,13 +55,7 @@ class RealtimeConnection:
         self.request_id = str(uuid.uuid4())
         self.log = SessionLog(log, {"request_id": self.request_id})
         limits = runtime.settings.limits
-        self._outbox: Outbox[Close] = Outbox(max_finals=limits.max_outgoing_finals)
-        self._out_ready = asyncio.Event()
-        self._backlog_ok = asyncio.Event()
-        self._backlog_ok.set()
-        self._closing = asyncio.Event()
-        self._close_code: int | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self.wire = Wire(ws, limits.max_outgoing_finals)
         self.session: RealtimeSession | None = None
         self._dispatcher: Dispatcher | None = None
 
@@ -88,7 +80,7 @@ class RealtimeConnection:
             self.runtime.metrics.refused_total.labels(code).inc()
             with contextlib.suppress(Disconnected):
                 await self.ws.send_text(_error_event(code, message))
-            await self._close(close_code, code)
+            await self.wire.close(close_code, code)
             return
         rt = self.runtime
         assert rt.model is not None and rt.engine is not None and rt.classifier_factory
@@ -107,11 +99,11 @@ class RealtimeConnection:
         started = time.monotonic()
         self.log.info("realtime session start")
         self._apply(self.session.start())
-        sender = asyncio.create_task(self._send_loop())
-        watcher = asyncio.create_task(self._watch())
+        sender = asyncio.create_task(self.wire.send_loop())
+        watcher = asyncio.create_task(self.wire.watch())
         client_gone = False
         try:
-            client_gone = await self._read_loop(started) or await self._discard_incoming()
+            client_gone = await self._read_loop(started) or await self.wire.discard_incoming()
         except Exception:
             self.log.exception("realtime session failed")
             self._apply(
@@ -122,21 +114,16 @@ class RealtimeConnection:
                 )
             )
         finally:
-            if client_gone and self._close_code is None:
+            if client_gone and self.wire.close_code is None:
                 self.session.client_gone()
-                self._closing.set()
-                self._out_ready.set()
-            with contextlib.suppress(Exception):
-                await sender
-            if self._closer is not None:
-                with contextlib.suppress(Exception):
-                    await self._closer
+                self.wire.stop()
+            await self.wire.finish(sender)
             watcher.cancel()
             self._dispatcher.cancel_all()
             rt.connections.discard(self)
             rt.metrics.sessions_active.dec()
             rt.metrics.audio_seconds_total.inc(self.session.audio_s)
-            ended = self._close_code or self.ws.close_sent or self.ws.close_code or 1006
+            ended = self.wire.ended_with
             rt.metrics.closes_total.labels(str(ended)).inc()
             self.log.info(
                 "realtime session end: duration_s=%.1f audio_s=%.1f close_code=%s",
@@ -179,10 +166,10 @@ class RealtimeConnection:
         assert self.session is not None
         limits = self.runtime.settings.limits
         deadline = started + limits.max_session_s
-        while self.session.open and not self._closing.is_set():
+        while self.session.open and not self.wire.closed.is_set():
             if self.session.backlog_full:
-                self._backlog_ok.clear()
-                await self._backlog_ok.wait()
+                self.wire.backlog_ok.clear()
+                await self.wire.backlog_ok.wait()
                 continue
             now = time.monotonic()
             if now >= deadline:
@@ -202,7 +189,7 @@ class RealtimeConnection:
                 )
                 return False
             except Disconnected:
-                return self._close_code is None
+                return self.wire.close_code is None
             if isinstance(frame, bytes):
                 message = "send JSON text events; audio goes base64 in input_audio_buffer.append"
                 self._enqueue(_error_event("invalid_event", message))
@@ -210,20 +197,6 @@ class RealtimeConnection:
                 self._apply(self.session.receive(frame))
             await asyncio.sleep(0)  # a burst of buffered frames: let the others run
         return False
-
-    async def _watch(self) -> None:
-        """The connection closed under us: stop waiting for anything."""
-        await self.ws.wait_gone()
-        self._closing.set()
-        self._backlog_ok.set()
-        self._out_ready.set()
-
-    async def _discard_incoming(self) -> bool:
-        while True:
-            try:
-                await self.ws.receive()
-            except Disconnected:
-                return self._close_code is None
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         assert self.session is not None
@@ -241,10 +214,9 @@ class RealtimeConnection:
             elif isinstance(action, Promote | Cancel):
                 self._dispatcher.steer(action)
             elif isinstance(action, Close):
-                self._outbox.push_close(action)
-                self._out_ready.set()
+                self.wire.queue_close(action)
         if not self.session.backlog_full:
-            self._backlog_ok.set()
+            self.wire.backlog_ok.set()
 
     def _on_result(self, ticket: int, outcome: AsrResult | BaseException) -> None:
         assert self.session is not None
@@ -259,42 +231,12 @@ class RealtimeConnection:
             )
 
     def _enqueue(self, text: str) -> None:
-        if self._outbox.push(text, interim=False) == "overflow":
+        if self.wire.outbox.push(text, interim=False) == "overflow":
             self.log.warning("client is not reading; closing")
-            self._outbox.clear()
+            self.wire.outbox.clear()
             if self.session is not None:
                 self.session.client_gone()
-            loop = asyncio.get_running_loop()
-            self._closer = loop.create_task(self._close(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT"))
-        self._out_ready.set()
+            self.wire.close_soon(CloseCode.POLICY_VIOLATION, "SLOW_CLIENT")
+        self.wire.wake()
 
     # ------------------------------------------------------------------ writing
-
-    async def _send_loop(self) -> None:
-        while True:
-            await self._out_ready.wait()
-            self._out_ready.clear()
-            while (item := self._outbox.pop()) is not None:
-                if item.close is not None:
-                    await self._close(item.close.code, item.close.reason)
-                    return
-                assert item.text is not None
-                try:
-                    await self.ws.send_text(item.text)
-                except Disconnected:
-                    self._closing.set()
-                    return
-            if self._closing.is_set():
-                return
-
-    async def _close(self, code: int, reason: str) -> None:
-        self._close_code = code
-        self._closing.set()
-        self._backlog_ok.set()
-        self._out_ready.set()
-        try:
-            async with asyncio.timeout(_CLOSE_WAIT_S):
-                await self.ws.close(code, reason)
-                await self.ws.wait_gone()
-        except TimeoutError:
-            self.ws.abort()
