@@ -58,6 +58,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "ours": Target("ours", "ours"),
     "ours-nobatch": Target("ours-nobatch", "ours", ("--max-batch", "1")),
+    "ours-nopack": Target("ours-nopack", "ours", ("--pack-window-s", "0")),
     "peer": Target("peer", "peer"),
 }
 
