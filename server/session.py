@@ -509,12 +509,9 @@ class Session:
         """Drop audio nothing can ask for any more: before the open utterance, the finals
         not transcribed yet, the context they may carry, and the segmenter's pre-roll."""
         now = self._segmenter.frames_seen
-        anchor = now
-        for pending in self._pending:
-            if pending.result is None or self.options.diarize:  # labelling needs the audio
-                anchor = min(anchor, pending.start_frame)
-        if self._open is not None:
-            anchor = min(anchor, self._open.start_frame)
+        anchor = self._first_unheard_frame()
+        if self.options.diarize:  # labelling needs the audio of the finals heard too
+            anchor = min([anchor] + [p.start_frame for p in self._pending])
         keep_from = min(anchor, now - self._keep_idle_frames)
         if self.config.context_ms and self._spoken:
             lead_s = CONTEXT_LEAD_MS / 1000
@@ -525,6 +522,15 @@ class Session:
         while self._frames and self._frames_base < keep_from:
             self._frames.popleft()
             self._frames_base += 1
+
+    def _first_unheard_frame(self) -> int:
+        """Where the earliest audio no result has covered yet begins: the first final not
+        transcribed, else the open utterance, else the end of the stream so far. Every
+        request still to come starts there or later."""
+        starts = [p.start_frame for p in self._pending if p.result is None]
+        if self._open is not None:
+            starts.append(self._open.start_frame)
+        return min(starts, default=self._segmenter.frames_seen)
 
     # ------------------------------------------------------------------ context
 
@@ -603,7 +609,10 @@ class Session:
                 self._spoken.append(_SpokenWord(start_s, end_s, w.tokens))
                 floor_s = end_s
         assert self.config.context_ms is not None
-        horizon_s = self.stream_s - self.config.context_ms / 1000.0 - MAX_WINDOW_MS / 1000
+        # Measured from the next request's start, not the stream's end: when the audio runs
+        # ahead of the engine, the words a waiting final needs are kept.
+        next_start_s = self._first_unheard_frame() * self._frame_s
+        horizon_s = next_start_s - self.config.context_ms / 1000.0 - MAX_WINDOW_MS / 1000
         while self._spoken and self._spoken[0].end_s < horizon_s:
             self._spoken.popleft()
 

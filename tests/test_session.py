@@ -196,6 +196,33 @@ def test_context_finals_wait_for_the_one_before_and_carry_its_words() -> None:
     assert abs(message.words[0].start_s - (message.start_s + 0.1)) < 0.03
 
 
+def test_context_does_not_depend_on_how_far_the_stream_ran_ahead() -> None:
+    """The finals' requests are the same whether each result comes back at once or only
+    after a minute more of the stream has arrived (a busy engine, audio sent faster than
+    real time): context is measured from the utterance, not from the stream's end."""
+
+    def requests(*, lag: bool) -> list[tuple[float, tuple[int, ...]]]:
+        session = new_session(SessionConfig(speculate_ms=None), encoding="linear16")
+        utterance = speech()[: 32000 * 3] + SILENCE_1S
+        actions = feed(session, utterance, [3200])
+        if lag:
+            actions += feed(session, utterance * 20, [3200])
+        seen: list[tuple[float, tuple[int, ...]]] = []
+        queue = [t for t in transcribes(actions) if not t.speculative]
+        while queue and len(seen) < 4:
+            ticket = queue.pop(0)
+            seen.append((round(ticket.request.context_s, 2), ticket.request.prefix_tokens))
+            out = session.on_result(ticket.ticket, result("and so my fellow", tokens=True))
+            if not lag:
+                out += feed(session, utterance, [3200])
+            queue += [t for t in transcribes(out) if not t.speculative]
+        return seen
+
+    eager = requests(lag=False)
+    assert len(eager) == 4 and all(prefix for _, prefix in eager[1:])
+    assert requests(lag=True) == eager
+
+
 def test_no_context_across_a_long_silence() -> None:
     config = SessionConfig(context_gap_ms=2000, speculate_ms=None)
     session = new_session(config, encoding="linear16")
