@@ -180,6 +180,19 @@ def collapse_loops(text: str, *, max_repeats: int = 3) -> str:
     return " ".join(words)
 
 
+def outranks(
+    candidate: tuple[float, float], kept: tuple[float, float], max_compression_ratio: float
+) -> bool:
+    """Whether a sampled decode (compression ratio, mean log probability) should replace
+    the one kept: one that does not loop beats one that does whatever their scores (a loop
+    is likely token by token, so it often scores best, and keeping it dropped whole finals
+    as repetitive), then the likelier wins."""
+    return (candidate[0] <= max_compression_ratio, candidate[1]) > (
+        kept[0] <= max_compression_ratio,
+        kept[1],
+    )
+
+
 @dataclass(frozen=True)
 class HallucinationFilter:
     """Decides whether a decoded text was heard or invented."""
@@ -549,6 +562,16 @@ class WhisperEngine:
             self.filter.verdict(text, it.avg_logprob, it.no_speech_prob, it.compression_ratio)
             for text, it in zip(texts, items, strict=True)
         ]
+        for text, it, verdict in zip(texts, items, verdicts, strict=True):
+            if verdict is not None and text:
+                log.debug(
+                    "dropped (%s): %r, logprob %.2f, no-speech %.2f, compression %.2f",
+                    verdict,
+                    text,
+                    it.avg_logprob,
+                    it.no_speech_prob,
+                    it.compression_ratio,
+                )
         aligned = [
             i for i, v in enumerate(verdicts) if v is None and items[i].tokens and (final or packed)
         ]
@@ -659,7 +682,10 @@ class WhisperEngine:
             text = tok.decode(tokens)
             ratio = compression_ratio(text)
             no_speech = float(output.no_speech_prob)
-            if temperature == 0.0 or avg_logprob > item.avg_logprob:
+            threshold = opts.compression_ratio_threshold
+            if temperature == 0.0 or outranks(
+                (ratio, avg_logprob), (item.compression_ratio, item.avg_logprob), threshold
+            ):
                 item.tokens = tokens
                 item.avg_logprob = float(avg_logprob)
                 item.compression_ratio = ratio
