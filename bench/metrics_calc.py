@@ -120,8 +120,7 @@ def speech_end_latencies_s(
     counts here, while `final_latencies_s` starts at the span's end.
     """
     return [
-        c.arrival_wall_s
-        - send_log.wall_time_sent(speech_end_stream_s(c.end_stream_s, utterances))
+        c.arrival_wall_s - send_log.wall_time_sent(speech_end_stream_s(c.end_stream_s, utterances))
         for c in captions
         if c.is_final and c.text.strip()
     ]
@@ -139,9 +138,7 @@ def caption_delays_s(
     Returns the delays and the number of utterances that no text ever covered. Utterances
     that were not completely sent (a cut-short stream) are skipped.
     """
-    by_arrival = sorted(
-        (c for c in captions if c.text.strip()), key=lambda c: c.arrival_wall_s
-    )
+    by_arrival = sorted((c for c in captions if c.text.strip()), key=lambda c: c.arrival_wall_s)
     delays: list[float] = []
     uncovered = 0
     for utterance in utterances:

@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     settings = settings_from(args, (1,), (TARGETS[args.target],))
     result: RunResult = run(settings)
     report = result.reports[0]
@@ -72,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         data = to_json(result, settings)
         data["checks"] = [
-            {"name": c.name, "measured": c.measured, "limit": c.limit, "ok": c.ok}
-            for c in results
+            {"name": c.name, "measured": c.measured, "limit": c.limit, "ok": c.ok} for c in results
         ]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + "\n")

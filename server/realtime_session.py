@@ -23,7 +23,8 @@ fails, every unfinished item gets `.failed`, then `error`, and the session close
 Settings that change how audio is processed (format, turn detection, language, prompt) are
 applied only between turns: with no utterance open, no item pending and (without VAD) no
 uncommitted audio; otherwise the update is refused with an `error`. `session.updated`
-always shows the settings in effect (`noise_reduction` stays null: the server has none).
+always shows the settings in effect. `noise_reduction` stays null: the server has none, and
+an update that asks for it is refused.
 """
 
 from __future__ import annotations
@@ -622,6 +623,15 @@ def _include(value: object, param: str) -> None:
         raise RealtimeError("logprobs are not returned by this server; remove include", param=param)
 
 
+def _noise_reduction(value: object, param: str) -> None:
+    if value is not None:
+        raise RealtimeError(
+            "this server has no noise reduction (its VAD and Whisper take noisy audio as it "
+            "is): send null or leave it out",
+            param=param,
+        )
+
+
 def apply_ga(settings: RealtimeSettings, session: Mapping[str, Any]) -> RealtimeSettings:
     """`session.update`'s session (GA shape) applied to `settings`."""
     kind = session.get("type", "transcription")
@@ -636,6 +646,7 @@ def apply_ga(settings: RealtimeSettings, session: Mapping[str, Any]) -> Realtime
     if audio is None:
         return settings
     audio_input = _mapping(_mapping(audio, "session.audio").get("input", {}), "session.audio.input")
+    _noise_reduction(audio_input.get("noise_reduction"), "session.audio.input.noise_reduction")
     if "format" in audio_input and audio_input["format"] is not None:
         fmt = _mapping(audio_input["format"], "session.audio.input.format")
         kind = fmt.get("type", "audio/pcm")
@@ -658,6 +669,9 @@ def apply_ga(settings: RealtimeSettings, session: Mapping[str, Any]) -> Realtime
 def apply_beta(settings: RealtimeSettings, session: Mapping[str, Any]) -> RealtimeSettings:
     """`transcription_session.update`'s session (the beta's flat shape) applied."""
     _include(session.get("include"), "session.include")
+    _noise_reduction(
+        session.get("input_audio_noise_reduction"), "session.input_audio_noise_reduction"
+    )
     if session.get("input_audio_format") is not None:
         kind = session["input_audio_format"]
         if kind not in _BETA_FORMATS:

@@ -34,7 +34,11 @@ def paced_log(chunks: int, chunk_s: float = 0.1, t0: float = 100.0) -> SendLog:
 
 
 def cap(
-    arrival: float, start: float, end: float, text: str, final: bool = True,
+    arrival: float,
+    start: float,
+    end: float,
+    text: str,
+    final: bool = True,
     settled: float | None = None,
 ) -> Caption:
     return Caption(arrival, start, end, text, final, settled)

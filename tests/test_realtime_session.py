@@ -128,7 +128,7 @@ def test_created_then_updated_with_the_settings_in_effect() -> None:
                     "input": {
                         "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
                         "turn_detection": {"type": "semantic_vad"},
-                        "noise_reduction": {"type": "near_field"},
+                        "noise_reduction": None,
                     }
                 },
             },
@@ -225,6 +225,22 @@ def test_clear_drops_the_uncommitted_audio() -> None:
             },
             "invalid_value",
             "session.include",
+        ),
+        (
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"noise_reduction": {"type": "far_field"}}}},
+            },
+            "invalid_value",
+            "session.audio.input.noise_reduction",
+        ),
+        (
+            {
+                "type": "transcription_session.update",
+                "session": {"input_audio_noise_reduction": {"type": "near_field"}},
+            },
+            "invalid_value",
+            "session.input_audio_noise_reduction",
         ),
     ],
 )
