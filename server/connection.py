@@ -133,9 +133,6 @@ class Connection:
         self._dispatcher = Dispatcher(
             rt, self.request_id, self._on_result, on_labels=self._on_labels
         )
-        rt.connections.add(self)
-        rt.metrics.sessions_total.inc()
-        rt.metrics.sessions_active.inc()
         self.log.info(
             "session start: encoding=%s rate=%d channels=%d interim=%s",
             options.encoding or "container",
@@ -143,33 +140,20 @@ class Connection:
             options.channels,
             options.interim_results,
         )
-        sender = asyncio.create_task(self.wire.send_loop())
-        watcher = asyncio.create_task(self.wire.watch())
-        client_gone = False
-        try:
-            client_gone = await self._read_loop(started) or await self.wire.discard_incoming()
-        except Exception:
-            self.log.exception("session failed")
-            self._apply(
-                self.session.fail(
-                    "INTERNAL",
-                    "internal error in this session; reconnect",
-                    CloseCode.INTERNAL_ERROR,
+        session, dispatcher = self.session, self._dispatcher
+        with rt.session(self):
+            try:
+                await self.wire.serve(
+                    lambda: self._read_loop(started),
+                    failed=lambda: self._apply(session.internal_error()),
+                    client_gone=session.client_gone,
+                    log=self.log,
                 )
-            )
-        finally:
-            if client_gone and self.wire.close_code is None:
-                # The client went away: nobody is waiting for its results.
-                self.session.client_gone()
-                self.wire.stop()
-            await self.wire.finish(sender)
-            watcher.cancel()
-            self.decoder.close()
-            self._dispatcher.cancel_all()
-            rt.connections.discard(self)
-            rt.metrics.sessions_active.dec()
-            rt.metrics.audio_seconds_total.inc(self.session.counters.audio_s)
-            self._log_end(started)
+            finally:
+                self.decoder.close()
+                dispatcher.cancel_all()
+                rt.metrics.audio_seconds_total.inc(session.counters.audio_s)
+                self._log_end(started)
 
     def _log_end(self, started: float) -> None:
         assert self.session is not None
@@ -340,11 +324,7 @@ class Connection:
         assert self.session is not None
         if isinstance(outcome, BaseException):
             self.log.error("speaker assignment failed", exc_info=outcome)
-            self._apply(
-                self.session.fail(
-                    "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
-                )
-            )
+            self._apply(self.session.internal_error())
             return
         self._apply(self.session.on_speakers(ticket, outcome))
 
@@ -354,11 +334,7 @@ class Connection:
             self._apply(self.session.on_result(ticket, outcome))
         except Exception:
             self.log.exception("result handling failed")
-            self._apply(
-                self.session.fail(
-                    "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
-                )
-            )
+            self._apply(self.session.internal_error())
 
     def _enqueue(self, message: ServerMessage) -> None:
         metrics = self.runtime.metrics

@@ -93,44 +93,29 @@ class RealtimeConnection:
             multilingual=rt.engine.multilingual,
         )
         self._dispatcher = Dispatcher(rt, self.request_id, self._on_result)
-        rt.connections.add(self)
-        rt.metrics.sessions_total.inc()
-        rt.metrics.sessions_active.inc()
         started = time.monotonic()
         self.log.info("realtime session start")
         self._apply(self.session.start())
-        sender = asyncio.create_task(self.wire.send_loop())
-        watcher = asyncio.create_task(self.wire.watch())
-        client_gone = False
-        try:
-            client_gone = await self._read_loop(started) or await self.wire.discard_incoming()
-        except Exception:
-            self.log.exception("realtime session failed")
-            self._apply(
-                self.session.fail(
-                    "INTERNAL",
-                    "internal error in this session; reconnect",
-                    CloseCode.INTERNAL_ERROR,
+        session, dispatcher = self.session, self._dispatcher
+        with rt.session(self):
+            try:
+                await self.wire.serve(
+                    lambda: self._read_loop(started),
+                    failed=lambda: self._apply(session.internal_error()),
+                    client_gone=session.client_gone,
+                    log=self.log,
                 )
-            )
-        finally:
-            if client_gone and self.wire.close_code is None:
-                self.session.client_gone()
-                self.wire.stop()
-            await self.wire.finish(sender)
-            watcher.cancel()
-            self._dispatcher.cancel_all()
-            rt.connections.discard(self)
-            rt.metrics.sessions_active.dec()
-            rt.metrics.audio_seconds_total.inc(self.session.audio_s)
-            ended = self.wire.ended_with
-            rt.metrics.closes_total.labels(str(ended)).inc()
-            self.log.info(
-                "realtime session end: duration_s=%.1f audio_s=%.1f close_code=%s",
-                time.monotonic() - started,
-                self.session.audio_s,
-                ended,
-            )
+            finally:
+                dispatcher.cancel_all()
+                rt.metrics.audio_seconds_total.inc(session.audio_s)
+                ended = self.wire.ended_with
+                rt.metrics.closes_total.labels(str(ended)).inc()
+                self.log.info(
+                    "realtime session end: duration_s=%.1f audio_s=%.1f close_code=%s",
+                    time.monotonic() - started,
+                    session.audio_s,
+                    ended,
+                )
 
     def _refusal(self) -> tuple[str, str, CloseCode] | None:
         rt = self.runtime
@@ -224,11 +209,7 @@ class RealtimeConnection:
             self._apply(self.session.on_result(ticket, outcome))
         except Exception:
             self.log.exception("result handling failed")
-            self._apply(
-                self.session.fail(
-                    "INTERNAL", "internal error in this session", CloseCode.INTERNAL_ERROR
-                )
-            )
+            self._apply(self.session.internal_error())
 
     def _enqueue(self, text: str) -> None:
         if self.wire.outbox.push(text, interim=False) == "overflow":

@@ -208,6 +208,9 @@ class RealtimeSession:
     def fail(self, code: ErrorCode, message: str, close_code: CloseCode) -> list[RealtimeAction]:
         return self._translate(self._session.fail(code, message, close_code))
 
+    def internal_error(self) -> list[RealtimeAction]:
+        return self._translate(self._session.internal_error())
+
     def client_gone(self) -> None:
         self._session.client_gone()
 

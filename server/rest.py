@@ -119,14 +119,13 @@ async def _transcribe(
     on_segment: Callable[[FileSegment], Awaitable[None]],
 ) -> bool:
     """Every final of the file to `on_segment`, with the file counted as a session; True."""
-    runtime.connections.add(transcriber)
-    try:
-        async for segment in transcriber.segments(spool.file):
-            await on_segment(segment)
-        return True
-    finally:
-        runtime.connections.discard(transcriber)
-        runtime.metrics.audio_seconds_total.inc(transcriber.duration_s)
+    with runtime.session(transcriber):
+        try:
+            async for segment in transcriber.segments(spool.file):
+                await on_segment(segment)
+            return True
+        finally:
+            runtime.metrics.audio_seconds_total.inc(transcriber.duration_s)
 
 
 def _flag(query: Mapping[str, Sequence[str]], name: str) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -108,6 +109,19 @@ class Runtime:
     @property
     def max_sessions(self) -> int:
         return self.session_cap
+
+    @contextlib.contextmanager
+    def session(self, session: Drainable) -> Iterator[None]:
+        """While open, `session` (a live stream or a file) counts: towards the session
+        limit, in the sessions metrics, and among those a drain waits for."""
+        self.connections.add(session)
+        self.metrics.sessions_total.inc()
+        self.metrics.sessions_active.inc()
+        try:
+            yield
+        finally:
+            self.connections.discard(session)
+            self.metrics.sessions_active.dec()
 
     @property
     def ready(self) -> bool:

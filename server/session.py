@@ -366,6 +366,12 @@ class Session:
         self._close_code = CloseCode.GOING_AWAY
         return self._flush(speech_final=True, from_finalize=False) + self._maybe_close()
 
+    def internal_error(self) -> list[Action]:
+        """End the session after a failure in the server around it (1011)."""
+        return self.fail(
+            "INTERNAL", "internal error in this session; reconnect", CloseCode.INTERNAL_ERROR
+        )
+
     def fail(self, code: ErrorCode, message: str, close_code: CloseCode) -> list[Action]:
         """End the session at once with an Error, Metadata and `close_code`."""
         if self.state is State.CLOSED:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 
 from websockets.frames import CloseCode
 
@@ -101,6 +103,34 @@ class Wire:
                 await self.ws.receive()
             except Disconnected:
                 return self.close_code is None
+
+    async def serve(
+        self,
+        read: Callable[[], Awaitable[bool]],
+        *,
+        failed: Callable[[], None],
+        client_gone: Callable[[], None],
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        """A session's life on this connection: the sender and the watcher run while `read`
+        reads the client (True when the client closed); then what still arrives is drained
+        and the sender finishes. An exception in `read` is logged and `failed` tells the
+        session (which queues an Error and a 1011 close); a client that went away without
+        our close calls `client_gone` (nobody is waiting for its results)."""
+        sender = asyncio.create_task(self.send_loop())
+        watcher = asyncio.create_task(self.watch())
+        gone = False
+        try:
+            gone = await read() or await self.discard_incoming()
+        except Exception:
+            log.exception("session failed")
+            failed()
+        finally:
+            if gone and self.close_code is None:
+                client_gone()
+                self.stop()
+            await self.finish(sender)
+            watcher.cancel()
 
     async def finish(self, sender: asyncio.Task[None]) -> None:
         """Wait for the sender and any close in flight (their errors are the client's)."""
