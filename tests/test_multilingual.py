@@ -123,10 +123,9 @@ def offline(base_dir: Path) -> dict[str, str]:
 async def test_multi_names_every_language_and_stays_near_offline_accuracy(
     base_server: ServerProcess, offline: dict[str, str]
 ) -> None:
-    """Measured (whisper-base, CPU int8): streamed WER 0.157-0.160 vs offline 0.140 over es,
-    de, fr and it; CER 0.125 vs 0.125 over ja and zh. The word gap is Spanish (0.155 vs 0.131):
-    short utterances decoded without the audio that follows them, e.g. 'Mi muy querido
-    Manuel' alone comes out 'Mimo y caridad manual' (offline hears it in a 30 s window)."""
+    """Measured (whisper-base, CPU int8): streamed WER 0.137 vs offline 0.140 over es, de,
+    fr and it (es 0.119 vs 0.131, de 0.157 vs 0.139); CER 0.125 vs 0.125 over ja and zh.
+    Before the fallback stopped keeping looping decodes, es was 0.155."""
     refs = multi_refs()
     names = sorted(refs)
     outcomes = await asyncio.gather(*(stream_file(base_server, n, "language=multi") for n in names))
