@@ -5,6 +5,8 @@ Transcription results are inputs of the state machine, so the tests hand them in
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from server.protocol import (
 )
 from server.session import Action, Close, Send, Session, SessionConfig, State, Transcribe
 from server.transcription import AsrResult, AsrWord
-from tests.support.paths import AUDIO_DIR
+from tests.support.paths import AUDIO_DIR, REPO_ROOT
 from tests.wsclient import chunks, pcm16, read_wav
 from vad.webrtc import WebRtcClassifier
 
@@ -364,3 +366,17 @@ def test_translate_is_asked_of_the_engine() -> None:
     session = new_session(encoding="linear16", task="translate")
     requests = [t.request for t in transcribes(feed(session, speech() + SILENCE_1S, [4000]))]
     assert requests and all(r.task == "translate" for r in requests)
+
+
+def test_the_session_module_loads_no_model_stack_and_starts_no_thread() -> None:
+    """Session is a pure state machine: importing it pulls in neither the ML stack nor
+    the audio container decoder, and starts no thread."""
+    probe = (
+        "import sys, threading\n"
+        "import server.session\n"
+        "heavy = {'faster_whisper', 'ctranslate2', 'onnxruntime', 'av', 'tokenizers'}\n"
+        "loaded = sorted(heavy & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO_ROOT, timeout=60)
