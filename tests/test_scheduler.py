@@ -263,63 +263,64 @@ async def test_wait_estimate_counts_batches_as_big_as_they_have_been() -> None:
     assert scheduler.estimated_final_wait_s() == 4.0
 
 
-async def test_bulk_work_leaves_the_finals_worker_free() -> None:
-    engine = GatedEngine()
-    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
-    scheduler.start()
-    loop = asyncio.get_running_loop()
-    results: dict[str, asyncio.Future[object]] = {}
+class GatedRun:
+    """A two-worker scheduler over a GatedEngine; `submit` keeps each request's future."""
 
-    def submit(session: str, request: str, *, bulk: bool) -> None:
+    def __init__(self) -> None:
+        self.engine = GatedEngine()
+        self.scheduler: Scheduler[str, str] = Scheduler(
+            self.engine, workers=2, max_batch=4, batch_wait_ms=0
+        )
+        self.results: dict[str, asyncio.Future[object]] = {}
+
+    def submit(self, session: str, request: str, *, bulk: bool) -> None:
+        loop = asyncio.get_running_loop()
         fut: asyncio.Future[object] = loop.create_future()
-        results[request] = fut
-        scheduler.submit(
+        self.results[request] = fut
+        self.scheduler.submit(
             loop, session, request, final=True, batch_key="en", on_done=fut.set_result, bulk=bulk
         )
 
-    try:
-        submit("file", "b1", bulk=True)
-        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
-        submit("file2", "b2", bulk=True)
-        submit("live", "f1", bulk=False)
-        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
-        assert engine.calls[1] == ["f1"], "the free worker took the live final, not bulk work"
-        engine.gate("f1").set()
-        assert await asyncio.wait_for(results["f1"], 5) == "F1"
-        assert len(engine.calls) == 2, "b2 waits for the background worker"
-        engine.gate("b1").set()
-        engine.gate("b2").set()
-        assert await asyncio.wait_for(results["b2"], 5) == "B2"
-    finally:
-        for gate in engine.gates.values():
+    async def entered(self, timeout_s: float = 5) -> bool:
+        """Whether the engine started a call within `timeout_s`."""
+        return await asyncio.to_thread(self.engine.entered.acquire, True, timeout_s)
+
+    async def result(self, request: str) -> object:
+        return await asyncio.wait_for(self.results[request], 5)
+
+    async def __aenter__(self) -> GatedRun:
+        self.scheduler.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for gate in self.engine.gates.values():
             gate.set()
-        scheduler.stop()
+        self.scheduler.stop()
+
+
+async def test_bulk_work_leaves_the_finals_worker_free() -> None:
+    async with GatedRun() as run:
+        run.submit("file", "b1", bulk=True)
+        assert await run.entered()
+        run.submit("file2", "b2", bulk=True)
+        run.submit("live", "f1", bulk=False)
+        assert await run.entered()
+        assert run.engine.calls[1] == ["f1"], "the free worker took the live final, not bulk work"
+        run.engine.gate("f1").set()
+        assert await run.result("f1") == "F1"
+        assert len(run.engine.calls) == 2, "b2 waits for the background worker"
+        run.engine.gate("b1").set()
+        run.engine.gate("b2").set()
+        assert await run.result("b2") == "B2"
 
 
 async def test_bulk_work_waits_while_a_live_final_runs() -> None:
-    engine = GatedEngine()
-    scheduler: Scheduler[str, str] = Scheduler(engine, workers=2, max_batch=4, batch_wait_ms=0)
-    scheduler.start()
-    loop = asyncio.get_running_loop()
-    results: dict[str, asyncio.Future[object]] = {}
-
-    def submit(session: str, request: str, *, bulk: bool) -> None:
-        fut: asyncio.Future[object] = loop.create_future()
-        results[request] = fut
-        scheduler.submit(
-            loop, session, request, final=True, batch_key="en", on_done=fut.set_result, bulk=bulk
-        )
-
-    try:
-        submit("live", "f1", bulk=False)
-        assert await asyncio.to_thread(engine.entered.acquire, True, 5)
-        submit("file", "b1", bulk=True)
-        assert not await asyncio.to_thread(engine.entered.acquire, True, 0.2), "b1 waits"
-        engine.gate("f1").set()
-        engine.gate("b1").set()
-        assert await asyncio.wait_for(results["b1"], 5) == "B1"
-        assert engine.calls == [["f1"], ["b1"]]
-    finally:
-        for gate in engine.gates.values():
-            gate.set()
-        scheduler.stop()
+    async with GatedRun() as run:
+        run.submit("live", "f1", bulk=False)
+        assert await run.entered()
+        run.submit("file", "b1", bulk=True)
+        assert not await run.entered(0.2), "b1 waits"
+        run.engine.gate("f1").set()
+        run.engine.gate("b1").set()
+        assert await run.result("b1") == "B1"
+        assert run.engine.calls == [["f1"], ["b1"]]
