@@ -27,7 +27,6 @@ import ctranslate2
 import numpy as np
 import numpy.typing as npt
 from faster_whisper import WhisperModel
-from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
@@ -40,6 +39,10 @@ log = logging.getLogger(__name__)
 
 WINDOW_S = 30  # Whisper was trained on 30 s windows of 10 ms mel frames
 FRAMES_PER_S = 100
+_LOG_MEL_SILENCE = -1.5
+"""Whisper's normalised log-mel ((log10 + 4) / 4) of silence: log10 is clipped at -10."""
+_LOG_MEL_RANGE = 2.0
+"""Whisper keeps 8 decades below the loudest mel bin (2 once normalised)."""
 MAX_AUDIO_SAMPLES = WINDOW_S * SAMPLE_RATE_HZ
 MAX_DECODER_POSITIONS = 448
 MAX_PREFIX_TOKENS = 160
@@ -315,7 +318,20 @@ class WhisperEngine:
         feats = self._model.feature_extractor(clipped)[..., :-1]
         window_frames = window_s * FRAMES_PER_S
         num_frames = min(int(feats.shape[-1]), window_frames)
-        padded = pad_or_trim(feats, length=window_frames)
+        # The window past the audio is what zero samples would give (Whisper's own
+        # front end pads the waveform): the floor of its log-mel normalisation. Padding
+        # the features with 0 instead, as `pad_or_trim` does, reads as a steady sound
+        # above the speech of a quiet talker.
+        floor = (
+            max(_LOG_MEL_SILENCE, float(feats.max()) - _LOG_MEL_RANGE)
+            if feats.size
+            else _LOG_MEL_SILENCE
+        )
+        padded = np.pad(
+            feats[..., :window_frames],
+            [(0, 0), (0, window_frames - num_frames)],
+            constant_values=floor,
+        )
         return np.ascontiguousarray(padded, dtype=np.float32), num_frames
 
     def _encode(self, items: Sequence[_Item]) -> Any:

@@ -1,4 +1,4 @@
-"""The engine on real speech: output budgets, context prefixes, short interim windows."""
+"""The engine on real speech: output budgets, context prefixes, short interim windows, padding."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faster_whisper.feature_extractor import FeatureExtractor
 
 from server.asr import DecodeOptions, WhisperEngine
 from server.transcription import AsrRequest
@@ -86,3 +87,23 @@ def test_interims_use_a_shorter_window_with_nearly_the_same_text(engine: Whisper
 
 def test_decode_options_default_to_short_interim_windows() -> None:
     assert DecodeOptions().interim_window_s == 15
+
+
+@pytest.mark.parametrize("gain_db", [0.0, -25.0])
+def test_the_window_past_the_audio_is_what_whisper_hears_for_silence(
+    engine: WhisperEngine, gain_db: float
+) -> None:
+    """Whisper's front end pads the waveform with zeros, which sets the rest of the window
+    to its log-mel floor. The engine's features (computed on the audio alone, then padded)
+    must match that, at a normal level and for a quiet talker, and not read the padding as
+    sound (0 in the normalised log-mel is 40 dB above that floor)."""
+    audio = read(DEV / "vctk_p240_rainbow.wav") * np.float32(10 ** (gain_db / 20))
+    features, frames = engine._features(audio)
+    extractor = FeatureExtractor()
+    reference = extractor(np.pad(audio, (0, 30 * 16000 - len(audio))))[..., :3000]
+    assert features.shape == reference.shape
+    edge = slice(frames - 2, frames + 2)  # frames that straddle the end of the audio differ
+    keep = np.ones(3000, dtype=bool)
+    keep[edge] = False
+    assert np.abs(features[:, keep] - reference[:, keep]).max() < 1e-3
+    assert features[:, frames + 2 :].max() < features[:, :frames].mean()
