@@ -27,9 +27,12 @@ Speculative finals: when an open utterance has been silent for `speculate_ms`, i
 is asked for at once (`Transcribe(speculative=True)`, scheduled after finals and before
 interims). If the silence becomes the endpoint, that request is promoted (`Promote`) and
 becomes the final, so the final's latency is counted from the pause rather than from the
-endpoint; if speech resumes first, it is withdrawn (`Cancel`). Adaptive endpointing builds
-on it: when the guess ends a sentence (. ? !) and the client left `endpointing` to the
-server, the utterance may close after `sentence_end_ms` of silence instead.
+endpoint; if speech resumes first, it is withdrawn (`Cancel`). A final's audio ends where
+its guess's does, `speculate_ms` after its last voiced frame, also when no guess was made
+(it waits while the final before it is out), so what a final hears does not depend on when
+results come back. Adaptive endpointing builds on it: when the guess ends a sentence
+(. ? !) and the client left `endpointing` to the server, the utterance may close after
+`sentence_end_ms` of silence instead.
 
 Language: a stream whose language is detected (`language` unset on a multilingual model,
 or `multi`/`auto`) tells the engine its language so far (`expected_language`: that of its
@@ -211,6 +214,8 @@ class _PendingFinal:
     end_frame: int
     speech_final: bool
     from_finalize: bool
+    audio_end_frame: int
+    """Where the request's audio ends (see `Session._final_audio_end`)."""
     ticket: int | None = None
     """None until it is asked for (with context, once the final before it is in)."""
     audio_start_frame: int = 0
@@ -283,6 +288,7 @@ class Session:
         self._interim_for: _InterimTarget | None = None
         self._spec: _Speculation | None = None
         self._silent_frames = 0
+        self._voiced_end_frame = 0
         self._spoken: deque[_SpokenWord] = deque()
         self._last_word_end_s: float | None = None
         self._language: str | None = None
@@ -337,8 +343,10 @@ class Session:
             self._frames.append(frame)
             is_speech = self.classifier.is_speech(frame)
             self._silent_frames = 0 if is_speech else self._silent_frames + 1
-            if is_speech and self._open is not None:
-                self._open.voiced_frames += 1
+            if is_speech:
+                self._voiced_end_frame = self._segmenter.frames_seen + 1
+                if self._open is not None:
+                    self._open.voiced_frames += 1
             for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
                 actions += self._on_vad_event(event)
             actions += self._maybe_speculate(is_speech)
@@ -489,8 +497,8 @@ class Session:
         ):
             return []
         ticket = next(self._tickets)
-        now = self._segmenter.frames_seen
-        request, audio_start = self._request(opened.start_frame, now, final=True)
+        end = self._final_audio_end(opened, self._segmenter.frames_seen)
+        request, audio_start = self._request(opened.start_frame, end, final=True)
         self._spec = _Speculation(opened.index, ticket, audio_start)
         return [Transcribe(ticket, request, speculative=True)]
 
@@ -502,6 +510,17 @@ class Session:
         return self._request_final(
             opened, event.end_frame, speech_final=speech_final, from_finalize=from_finalize
         )
+
+    def _final_audio_end(self, opened: _Open, end_frame: int) -> int:
+        """Where the audio of `opened`'s final ends if the utterance ends at `end_frame`:
+        `speculate_ms` after its last voiced frame, the audio a guess hears. The same frame
+        whether the final is a promoted guess or (the guess held back while the final before
+        it was out) asked for at the endpoint, so its text does not depend on load."""
+        tail_ms = self.config.speculate_ms
+        if tail_ms is None:
+            return end_frame
+        voiced_end = max(self._voiced_end_frame, opened.onset_frame + 1)
+        return min(end_frame, voiced_end + self._frames_for(tail_ms))
 
     def _audio(self, start_frame: int, end_frame: int) -> npt.NDArray[np.float32]:
         lo = max(0, start_frame - self._frames_base)
@@ -520,8 +539,9 @@ class Session:
             anchor = min([anchor] + [p.start_frame for p in self._pending])
         keep_from = min(anchor, now - self._keep_idle_frames)
         if self.config.context_ms and self._spoken:
+            # The next utterance may be backdated to `keep_from`: keep its context too.
             lead_s = CONTEXT_LEAD_MS / 1000
-            lo_s = anchor * self._frame_s - self.config.context_ms / 1000 - lead_s
+            lo_s = keep_from * self._frame_s - self.config.context_ms / 1000 - lead_s
             first_s = next((w.start_s for w in self._spoken if w.start_s >= lo_s), None)
             if first_s is not None:
                 keep_from = min(keep_from, math.floor((first_s - lead_s) / self._frame_s))
@@ -629,7 +649,12 @@ class Session:
     ) -> list[Action]:
         self.counters.utterances += 1
         pending = _PendingFinal(
-            opened.index, opened.start_frame, end_frame, speech_final, from_finalize
+            opened.index,
+            opened.start_frame,
+            end_frame,
+            speech_final,
+            from_finalize,
+            audio_end_frame=self._final_audio_end(opened, end_frame),
         )
         spec, self._spec = self._spec, None
         if spec is not None and spec.utterance == opened.index:
@@ -653,7 +678,7 @@ class Session:
                     break
                 pending.ticket = next(self._tickets)
                 request, pending.audio_start_frame = self._request(
-                    pending.start_frame, pending.end_frame, final=True
+                    pending.start_frame, pending.audio_end_frame, final=True
                 )
                 actions.append(Transcribe(pending.ticket, request))
             if self._context_on and (pending.result is None or self._awaits_speakers(pending)):
