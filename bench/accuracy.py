@@ -34,14 +34,14 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import jiwer
 
 from bench.capacity import _git_head
 from bench.drivers import ClientResult, PaceSettings, stream_ours
-from bench.evalsets import SET_NAMES, EvalItem, EvalSet, build_set
+from bench.evalsets import SET_NAMES, EvalItem, EvalSet, build_set, shifted
 from bench.metrics_calc import Caption, Span, final_latencies_s, normalise, percentile
 from bench.offline import offline_transcripts
 from bench.servers import ResourceMonitor, ResourceUsage, start_ours
@@ -182,6 +182,8 @@ class AccuracySettings:
     shared_dir: Path
     cache_dir: Path
     log_dir: Path
+    shift_ms: int = 0
+    """Every item without its first `shift_ms` of audio, offline too (see bench.replay)."""
 
 
 # ---- offline ceiling, cached ----
@@ -299,6 +301,7 @@ def stream_sets(
 def run(settings: AccuracySettings) -> list[SetResult]:
     """Build the sets, decode them offline, stream them at each N, and score everything."""
     sets = [build_set(name, settings.shared_dir) for name in settings.sets]
+    sets = [replace(s, items=tuple(shifted(i, settings.shift_ms) for i in s.items)) for s in sets]
     offline = offline_texts(
         [i for s in sets for i in s.items], settings.model_dir, settings.cache_dir
     )
@@ -534,6 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-dir", type=Path, default=RESULTS_DIR / "logs", help="server logs go here"
     )
+    parser.add_argument(
+        "--shift-ms",
+        type=int,
+        default=0,
+        help="leave out the first N ms of every item, offline too: the same speech framed "
+        "differently (see python -m bench replay --shifts-ms)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -552,6 +562,7 @@ def settings_from(args: argparse.Namespace) -> AccuracySettings:
         shared_dir=args.shared_dir,
         cache_dir=args.cache_dir,
         log_dir=args.log_dir,
+        shift_ms=args.shift_ms,
     )
 
 

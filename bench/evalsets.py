@@ -241,6 +241,14 @@ def at_level(item: EvalItem, level_dbfs: float) -> EvalItem:
     return dataclasses.replace(item, samples=to_int16(to_float(item.samples) * gain))
 
 
+def shifted(item: EvalItem, shift_ms: int) -> EvalItem:
+    """`item` without its first `shift_ms` of audio: the same speech, framed differently by
+    a VAD and by Whisper's 10 ms hop. The reference is unchanged."""
+    if shift_ms == 0:
+        return item
+    return dataclasses.replace(item, samples=item.samples[shift_ms * SAMPLE_RATE_HZ // 1000 :])
+
+
 def mulaw_encode(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.uint8]:
     """G.711 mu-law codes of 16-bit PCM (the segmented 8-bit law, 14-bit magnitude range)."""
     x = pcm.astype(np.int32)

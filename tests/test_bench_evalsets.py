@@ -21,6 +21,7 @@ from bench.evalsets import (
     mulaw_decode,
     mulaw_encode,
     power_dbfs,
+    shifted,
     speaker_of,
     speech_level_dbfs,
     speech_mask,
@@ -142,3 +143,22 @@ def test_an_utterance_is_lost_when_no_final_word_overlaps_it() -> None:
 def test_sets_are_read_from_the_shared_dir(tmp_path: Path) -> None:
     with pytest.raises(WorkloadError, match=r"refs\.tsv"):
         build_set("audio", tmp_path)
+
+
+def test_a_shifted_item_is_the_same_speech_framed_later() -> None:
+    item = built("audio").items[0]
+    assert shifted(item, 0) is item
+    later = shifted(item, 7)
+    assert later.reference == item.reference
+    assert np.array_equal(later.samples, item.samples[7 * SAMPLE_RATE_HZ // 1000 :])
+
+
+def test_a_replay_cell_over_shifts_reports_mean_and_spread_over_offline() -> None:
+    from bench.replay import _cell
+
+    offline = [WordErrors(200, 10, 0, 0), WordErrors(200, 9, 1, 0)]
+    assert _cell([WordErrors(200, 10, 1, 1)], offline[:1]).split() == ["0.0600", "10/1/1"]
+    runs = [WordErrors(200, 10, 2, 0), WordErrors(200, 8, 1, 3)]  # 12 and 12 errors: +1, +1
+    assert _cell(runs, offline).split() == ["12.0", "+1.00", "[+1.00,+1.00]"]
+    runs = [WordErrors(200, 10, 0, 0), WordErrors(200, 12, 2, 0)]  # +0 and +2 points
+    assert _cell(runs, offline).split() == ["12.0", "+1.00", "[+0.00,+2.00]"]
