@@ -87,7 +87,8 @@ class StreamSettings:
     interim_interval_ms: int = 700
     first_interim_ms: int = 500
     speculate_ms: int | None = 240
-    """Silence after which an open utterance's final is asked for early; None: never."""
+    """Silence after which an open utterance's final is asked for early, and where a final's
+    audio ends after its last voiced frame; None: never (finals end at the endpoint)."""
     sentence_end_ms: int | None = 300
     """Endpointing after a guess that ends a sentence; None: no adaptive endpointing."""
     context_s: float | None = 20.0
@@ -456,7 +457,8 @@ _FLAGS: tuple[_Flag, ...] = (
         "stream",
         "speculate_ms",
         _or_off(_non_negative_int),
-        "silence after which an utterance's final is computed ahead of its end (0: never)",
+        "silence after which an utterance's final is computed ahead of its end; a final's "
+        "audio ends this long after its last voiced frame (0: never; finals end at the endpoint)",
         none_means="off",
     ),
     _Flag(

@@ -169,7 +169,8 @@ class SessionConfig:
     """An interim is asked for only when this much new speech came since the last one."""
     max_pending_finals: int = 8
     speculate_ms: int | None = 240
-    """Silence after which an open utterance's final is asked for early (None: never)."""
+    """Silence after which an open utterance's final is asked for early, and where a final's
+    audio ends after its last voiced frame (None: never; finals end at the endpoint)."""
     sentence_end_ms: int | None = 300
     """Endpointing after a guess that ends a sentence (None: no adaptive endpointing)."""
     context_ms: int | None = 20_000
