@@ -289,7 +289,6 @@ class Session:
         self._interim_for: _InterimTarget | None = None
         self._spec: _Speculation | None = None
         self._silent_frames = 0
-        self._voiced_end_frame = 0
         self._spoken: deque[_SpokenWord] = deque()
         self._last_word_end_s: float | None = None
         self._language: str | None = None
@@ -344,10 +343,8 @@ class Session:
             self._frames.append(frame)
             is_speech = self.classifier.is_speech(frame)
             self._silent_frames = 0 if is_speech else self._silent_frames + 1
-            if is_speech:
-                self._voiced_end_frame = self._segmenter.frames_seen + 1
-                if self._open is not None:
-                    self._open.voiced_frames += 1
+            if is_speech and self._open is not None:
+                self._open.voiced_frames += 1
             for event in self._segmenter.push(is_speech, frame_dbfs(frame)):
                 actions += self._on_vad_event(event)
             actions += self._maybe_speculate(is_speech)
@@ -520,7 +517,9 @@ class Session:
         tail_ms = self.config.speculate_ms
         if tail_ms is None:
             return end_frame
-        voiced_end = max(self._voiced_end_frame, opened.onset_frame + 1)
+        # The frame after the last voiced one: every frame since it was silent.
+        voiced_end = self._segmenter.frames_seen - self._silent_frames
+        voiced_end = max(voiced_end, opened.onset_frame + 1)
         return min(end_frame, voiced_end + self._frames_for(tail_ms))
 
     def _audio(self, start_frame: int, end_frame: int) -> npt.NDArray[np.float32]:
